@@ -1,0 +1,14 @@
+"""dalsopt: the 18 learning-rate strategies of "Learning Rate Engineering" (arXiv 2604.27295), DALS and
+its variants, as composable torch optimizers behind one registry.
+
+    import dalsopt
+    s = dalsopt.make("dals", model, total_steps=T)
+    loss.backward(); s.step(loss=loss); s.zero_grad()
+"""
+from .chain import Chain
+from .groups import block_names, blocks
+from .strategies import GENERATIONS, REGISTRY, Strategy, entry, make, names, resolve
+
+__all__ = ["make", "names", "resolve", "entry", "Strategy", "REGISTRY", "GENERATIONS", "Chain", "blocks",
+           "block_names"]
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""DALS, DALS-Fast and DALS-Acc: compositions of the shared pieces.
+
+DALS = loss-phase detector -> depth-aware filter -> coupled decay -> trust ratio -> heavy-ball momentum,
+with a warmup-cosine (DALS, DALS-Fast) or warm-restart (DALS-Acc) schedule. The three variants differ
+only in their filter coefficients per phase, thresholds and schedule: no variant flags inside the step.
+"""
+from __future__ import annotations
+
+from .chain import Chain
+from .filters import DepthFilter
+from .groups import Block
+from .param_groups import param_groups
+from .phase import PhaseDetector
+from .schedules import WarmRestarts, WarmupCosine
+from .transforms import CoupledDecay, Momentum
+from .trust import TrustRatio
+
+__all__ = ["dals_optimizer", "build_dals", "build_dals_fast", "build_dals_acc", "DALS_DEFAULTS"]
+
+DALS_DEFAULTS = dict(
+    lr=0.03,
+    momentum=0.9,
+    weight_decay=1e-4,
+    trust_coef=0.02,
+    trust_min=0.2,
+    trust_max=5.0,
+    alpha0=0.6,
+    warmup_frac=0.05,
+    phase_fast=0.01,
+    phase_slow=0.002,
+    exclude_norm_bias=False,
+)
+
+
+def _calm(alpha0: float) -> tuple[float, float]:
+    """Phase-1 and phase-2 filter coefficients: alpha0, then more smoothing on a plateau."""
+    return alpha0, min(0.9, alpha0 + 0.1)
+
+
+def dals_optimizer(blocks: list[Block], hp: dict, alphas: tuple) -> Chain:
+    """The DALS step over depth-aware groups; ``alphas`` are the filter coefficients of phases 0-2."""
+    detector = PhaseDetector(fast=hp["phase_fast"], slow=hp["phase_slow"])
+    groups = param_groups(blocks, hp["lr"], split_no_decay=hp["exclude_norm_bias"])
+    transforms = [
+        DepthFilter(detector, alphas),
+        CoupledDecay(),
+        TrustRatio(hp["trust_coef"], hp["trust_min"], hp["trust_max"]),
+        Momentum(),
+    ]
+    return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+                 monitors=[detector])
+
+
+def build_dals(blocks: list[Block], hp: dict, total: int):
+    a0 = hp["alpha0"]
+    return dals_optimizer(blocks, hp, (max(0.3, a0 - 0.3), *_calm(a0))), WarmupCosine(total, hp["warmup_frac"] * total)
+
+
+def build_dals_fast(blocks: list[Block], hp: dict, total: int):
+    """In fast descent the raw gradient goes straight through (None) and the filter is left alone."""
+    return dals_optimizer(blocks, hp, (None, *_calm(hp["alpha0"]))), WarmupCosine(total, hp["warmup_frac"] * total)
+
+
+def build_dals_acc(blocks: list[Block], hp: dict, total: int):
+    """Warm restarts instead of warmup; ``t0`` steps for the first cycle (0: an eighth of the run, the
+    authors' 10 of 80 epochs), cycles doubling."""
+    a0 = hp["alpha0"]
+    t0 = hp["t0"] or max(1, total // 8)
+    schedule = WarmRestarts(t0, hp["t_mult"])
+    return dals_optimizer(blocks, hp, (max(0.4, a0 - 0.15), *_calm(a0))), schedule

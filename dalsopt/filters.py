@@ -1,0 +1,67 @@
+"""Gradient filters: Grokfast's EMA amplifier and DALS's depth-aware low-pass blend.
+
+Both keep an exponential moving average of the gradient per parameter; they differ in what they do
+with it. Grokfast *adds* ``lambda * ema`` to the gradient (amplifying slow components); DALS *blends*
+the raw gradient with the average, trusting the raw gradient more in deeper blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .chain import Ctx
+from .phase import PhaseDetector
+
+__all__ = ["GrokfastEMA", "DepthFilter", "depth_blend"]
+
+
+@dataclass(frozen=True)
+class GrokfastEMA:
+    """Grokfast-EMA (Lee et al. 2024): ``mu_0 = g_0``, ``mu_t = a mu + (1 - a) g``; ``u <- u + lambda mu``.
+
+    The first average is a *copy* of the gradient: aliasing it would make the update ~3 g.
+    """
+
+    alpha: float = 0.98
+    lamb: float = 2.0
+
+    def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
+        fresh = "grokfast_ema" not in ctx.states[0]
+        ema = ctx.buffer("grokfast_ema", lambda p, i: u[i].detach().clone())
+        if not fresh:
+            torch._foreach_lerp_(ema, u, 1.0 - self.alpha)
+        if ctx.owned:
+            torch._foreach_add_(u, ema, alpha=self.lamb)
+            return u
+        ctx.owned = True
+        return torch._foreach_add(u, ema, alpha=self.lamb)
+
+
+def depth_blend(depth: float) -> float:
+    """DALS's weight of the raw gradient at normalised depth ``d``: 0.3 at the bottom, 0.7 at the top."""
+    return 0.3 + 0.4 * depth
+
+
+@dataclass(frozen=True)
+class DepthFilter:
+    """DALS's filter: ``f <- a f + (1 - a) g`` with ``a`` chosen by the loss phase, then
+    ``u = b g + (1 - b) f`` with ``b = depth_blend(group["depth"])``.
+
+    ``alphas[k]`` is the filter coefficient in phase k; ``None`` means "pass the raw gradient and leave
+    the filter untouched" (DALS-Fast in fast descent).
+    """
+
+    phase: PhaseDetector
+    alphas: tuple[Optional[float], float, float]
+
+    def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
+        alpha = self.alphas[self.phase.phase]
+        if alpha is None:
+            return u
+        f = ctx.zeros("filter")
+        torch._foreach_lerp_(f, u, 1.0 - alpha)
+        ctx.owned = True
+        return torch._foreach_lerp(f, u, depth_blend(ctx.group["depth"]))

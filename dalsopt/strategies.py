@@ -1,0 +1,309 @@
+"""The registry: the paper's 18 strategies, one row each, read top to bottom in generation order.
+
+A row is (id, name, generation, builder, defaults, fine-tuning overrides). A builder turns depth-ordered
+blocks and hyperparameters into ``(optimizer, schedule)``; ``make`` validates the input, adds the LR
+scheduler and returns a ``Strategy``. Adding a strategy is adding a row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from . import presets
+from .chain import Chain
+from .dals import DALS_DEFAULTS, build_dals, build_dals_acc, build_dals_fast
+from .filters import GrokfastEMA
+from .groups import Block, Grouping, blocks as make_blocks
+from .param_groups import discriminative, param_groups
+from .schedules import Cosine, Scaled, SlantedTriangular, WarmRestarts
+from .transforms import AdaBoundStep, CoupledDecay, DecoupledDecay, LionSign, Momentum
+from .trust import LarsScale
+from .wrappers import SAM, Lookahead
+
+__all__ = ["Entry", "Strategy", "REGISTRY", "GENERATIONS", "names", "make", "entry"]
+
+REGIMES = ("scratch", "finetune")
+
+
+# --- builders: (blocks, hp, total_steps) -> (optimizer, schedule | [schedule per group] | None) ---
+
+def _sgd(blocks: list[Block], hp: dict, factor=None) -> torch.optim.SGD:
+    groups = param_groups(blocks, hp["lr"], factor=factor)
+    return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+
+
+def _disc(hp: dict):
+    return discriminative(hp["decay_factor"])
+
+
+def build_sgd(blocks, hp, total):
+    return _sgd(blocks, hp), None
+
+
+def build_cosine(blocks, hp, total):
+    floor = hp["eta_min"] / hp["lr"] if hp["lr"] > 0 else 0.0
+    return _sgd(blocks, hp), Cosine(total, floor)
+
+
+def build_sgdr(blocks, hp, total):
+    floor = hp["eta_min"] / hp["lr"] if hp["lr"] > 0 else 0.0
+    return _sgd(blocks, hp), WarmRestarts(hp["t0"], hp["t_mult"], floor)
+
+
+def build_torch(cls: type, blocks, hp, total):
+    """Gen3 baselines are torch's own classes."""
+    kwargs = {k: (tuple(v) if k == "betas" else v) for k, v in hp.items() if k != "grouping"}
+    return cls(param_groups(blocks, hp["lr"]), **kwargs), None
+
+
+def build_adabound(blocks, hp, total):
+    step = AdaBoundStep(hp["beta1"], hp["beta2"], hp["final_lr"], hp["gamma"], hp["eps"])
+    groups = param_groups(blocks, hp["lr"])
+    return Chain(groups, [CoupledDecay(), step], lr=hp["lr"], weight_decay=hp["weight_decay"]), None
+
+
+def build_lion(blocks, hp, total):
+    groups = param_groups(blocks, hp["lr"])
+    transforms = [DecoupledDecay(), LionSign(hp["beta1"], hp["beta2"])]
+    return Chain(groups, transforms, lr=hp["lr"], weight_decay=hp["weight_decay"]), None
+
+
+def build_lars(blocks, hp, total):
+    groups = param_groups(blocks, hp["lr"])
+    transforms = [LarsScale(hp["trust_coef"], hp["eps"]), Momentum()]
+    return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]), None
+
+
+def build_grokfast(blocks, hp, total):
+    groups = param_groups(blocks, hp["lr"])
+    transforms = [GrokfastEMA(hp["alpha"], hp["lamb"]), CoupledDecay(), Momentum()]
+    return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]), None
+
+
+def build_discriminative(blocks, hp, total):
+    return _sgd(blocks, hp, _disc(hp)), None
+
+
+def build_stlr(blocks, hp, total):
+    """ULMFiT: discriminative groups + slanted triangular schedule. ``double_decay`` reproduces the
+    authors' code, whose scheduler applies the 2.6^-k factor a second time."""
+    opt = _sgd(blocks, hp, _disc(hp))
+    stlr = SlantedTriangular(total, hp["cut_frac"], hp["ratio"])
+    if not hp["double_decay"]:
+        return opt, stlr
+    factor = _disc(hp)
+    by_block = {b.index: factor(b, len(blocks)) for b in blocks}
+    return opt, [Scaled(stlr, by_block[g["block"]]) for g in opt.param_groups]
+
+
+def build_sam(blocks, hp, total, factor=None):
+    return SAM(_sgd(blocks, hp, factor), hp["rho"], hp["adaptive"]), None
+
+
+def build_sam_discriminative(blocks, hp, total):
+    return build_sam(blocks, hp, total, _disc(hp))
+
+
+def build_lookahead_adamw(blocks, hp, total):
+    base = torch.optim.AdamW(param_groups(blocks, hp["lr"]), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    return Lookahead(base, hp["k"], hp["alpha"]), None
+
+
+# --- the table ---
+
+SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+ADAM = dict(lr=3e-4, betas=(0.9, 0.999), weight_decay=0.0)
+SGD_FT = dict(lr=5e-4, weight_decay=0.01)  # fine-tuning: SGD family 5e-4, Adam family 5e-5, wd 0.01
+ADAM_FT = dict(lr=5e-5, weight_decay=0.01)
+DISC = dict(SGD, lr=0.05, decay_factor=2.6)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    name: str
+    generation: int
+    build: Callable[[list[Block], dict, int], tuple]
+    defaults: dict
+    finetune: dict = field(default_factory=dict)
+
+    def hyperparameters(self, regime: str) -> dict:
+        return {**self.defaults, **(self.finetune if regime == "finetune" else {})}
+
+
+REGISTRY: tuple[Entry, ...] = (
+    Entry("sgd", "Fixed SGD", 1, build_sgd, SGD, SGD_FT),
+    Entry("cosine", "Cosine SGD", 2, build_cosine, dict(SGD, lr=0.03, eta_min=1e-5), SGD_FT),
+    Entry("sgdr", "SGDR (cosine warm restarts)", 2, build_sgdr, dict(SGD, lr=0.05, t0=10, t_mult=1, eta_min=0.0), SGD_FT),
+    Entry("adam", "Adam", 3, partial(build_torch, torch.optim.Adam), ADAM, ADAM_FT),
+    Entry("adamw", "AdamW", 3, partial(build_torch, torch.optim.AdamW), dict(ADAM, weight_decay=0.01), ADAM_FT),
+    Entry("adabound", "AdaBound", 3, build_adabound,
+          dict(lr=1e-3, beta1=0.9, beta2=0.999, final_lr=0.01, gamma=1e-3, eps=1e-8, weight_decay=0.0),
+          dict(ADAM_FT, final_lr=5e-4)),
+    Entry("lars", "LARS", 4, build_lars, dict(SGD, lr=0.03, trust_coef=0.02, eps=1e-8), SGD_FT),
+    Entry("discriminative", "Discriminative LR", 4, build_discriminative, DISC, SGD_FT),
+    Entry("radam", "RAdam", 5, partial(build_torch, torch.optim.RAdam), ADAM, ADAM_FT),
+    Entry("lion", "Lion", 5, build_lion, dict(lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0),
+          dict(lr=1e-5, weight_decay=0.1)),
+    Entry("lookahead-adamw", "Lookahead + AdamW", 5, build_lookahead_adamw,
+          dict(lr=3e-4, weight_decay=0.01, k=5, alpha=0.5), ADAM_FT),
+    Entry("sam", "SAM", 5, build_sam, dict(SGD, rho=0.05, adaptive=True), SGD_FT),
+    Entry("grokfast", "Grokfast", 5, build_grokfast, dict(SGD, lr=0.03, alpha=0.98, lamb=2.0), SGD_FT),
+    Entry("stlr-discriminative", "STLR + Discriminative (ULMFiT)", 5, build_stlr,
+          dict(DISC, cut_frac=0.1, ratio=32.0, double_decay=False), SGD_FT),
+    Entry("sam-discriminative", "SAM + Discriminative", 6, build_sam_discriminative,
+          dict(DISC, rho=0.05, adaptive=True), SGD_FT),
+    Entry("dals", "DALS", 6, build_dals, DALS_DEFAULTS, dict(SGD_FT, warmup_frac=0.1)),
+    Entry("dals-fast", "DALS-Fast", 6, build_dals_fast, dict(DALS_DEFAULTS, lr=0.05, momentum=0.85, warmup_frac=0.02),
+          dict(SGD_FT, lr=1e-3, warmup_frac=0.05)),
+    Entry("dals-acc", "DALS-Acc", 6, build_dals_acc,
+          {**{k: v for k, v in DALS_DEFAULTS.items() if k != "warmup_frac"},
+           "alpha0": 0.7, "weight_decay": 5e-4, "phase_slow": 0.001, "t0": 0, "t_mult": 2},
+          SGD_FT),
+)
+
+_BY_ID = {e.id: e for e in REGISTRY}
+GENERATIONS: dict[str, int] = {e.id: e.generation for e in REGISTRY}
+
+
+def names(presets: bool = False) -> list[str]:
+    """The 18 strategy ids in generation order (the paper's table); with ``presets``, the tuned presets
+    (``strategy@preset``) after them."""
+    from . import presets as _presets
+
+    return [e.id for e in REGISTRY] + (_presets.names() if presets else [])
+
+
+def entry(name: str) -> Entry:
+    base = name.split("@", 1)[0]
+    if base not in _BY_ID:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(_BY_ID)}")
+    return _BY_ID[base]
+
+
+# --- validation ---
+
+def _check_value(name: str, key: str, default: Any, value: Any) -> Any:
+    where = f"hyperparameter {key!r} of {name!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise ValueError(f"{where} must be a list of {len(default)} numbers, got {value!r}")
+        return tuple(_check_value(name, key, default[0], v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be finite and >= 0, got {value!r}")
+    if isinstance(default, int):
+        if value != int(value):
+            raise ValueError(f"{where} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def resolve(name: str, regime: str = "scratch", **hp: Any) -> dict:
+    """The full hyperparameters ``make`` would use: defaults for the regime, a preset, then ``hp``."""
+    spec = entry(name)
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; allowed: {', '.join(REGIMES)}")
+    defaults = spec.hyperparameters(regime)
+    if "@" in name:
+        defaults = {**defaults, **presets.load(name)}
+    unknown = sorted(set(hp) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for {spec.id!r}; "
+                         f"allowed: {', '.join(sorted(defaults))}, grouping")
+    merged = {**defaults, **hp}
+    return {k: _check_value(spec.id, k, spec.defaults[k], v) for k, v in merged.items()}
+
+
+# --- the strategy object ---
+
+@dataclass
+class Strategy:
+    """A strategy bound to a model: optimizer, optional per-step scheduler and what the paper says of it."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    generation: int
+    meta: dict
+
+    @property
+    def needs_closure(self) -> bool:
+        """SAM-based strategies evaluate the loss twice per step."""
+        return isinstance(self.optimizer, SAM)
+
+    @property
+    def needs_loss(self) -> bool:
+        """DALS reads the loss to find its phase."""
+        return bool(getattr(self.optimizer, "monitors", None))
+
+    def step(self, loss: torch.Tensor | float | None = None, closure: Callable[[], torch.Tensor] | None = None):
+        """One optimizer step (the closure only where the strategy needs it), then one scheduler step."""
+        if self.needs_closure:
+            result = self.optimizer.step(closure)
+        elif isinstance(self.optimizer, Chain):
+            result = self.optimizer.step(loss=loss)
+        else:
+            result = self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return result
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def lrs(self) -> list[float]:
+        """The current rate of each param group, bottom block first."""
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {
+            "strategy": self.name,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("strategy") != self.name:
+            raise ValueError(f"checkpoint is for strategy {state.get('strategy')!r}, not {self.name!r}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+def make(
+    name: str,
+    model: nn.Module | Iterable[torch.Tensor],
+    *,
+    total_steps: int,
+    regime: str = "scratch",
+    grouping: Grouping = "auto",
+    **hp: Any,
+) -> Strategy:
+    """Build strategy ``name`` for ``model`` over ``total_steps`` optimizer steps.
+
+    ``regime`` picks the defaults ("scratch" or "finetune"), ``grouping`` how blocks are found
+    (see ``dalsopt.groups``), and ``hp`` overrides any default hyperparameter of the strategy.
+    """
+    spec = entry(name)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
+    full = resolve(name, regime, **hp)
+    blocks = make_blocks(model, grouping)
+    optimizer, schedule = spec.build(blocks, full, total_steps)
+    scheduler = None if schedule is None else LambdaLR(optimizer, schedule)
+    meta = {"id": spec.id, "name": spec.name, "generation": spec.generation, "regime": regime,
+            "preset": name if "@" in name else None, "hyperparameters": full, "blocks": len(blocks)}
+    return Strategy(name, optimizer, scheduler, spec.generation, meta)

@@ -1,0 +1,252 @@
+"""Cross-regime report of a sweep: rankings, epochs to target, regime winners, learning curves.
+
+Built from the experiment folder alone (Ray's per-trial `result.json`, the spec copy and the
+sweep meta the runner keeps there), so `dals report` can regenerate it at any time; the tables
+are pure functions of one per-epoch DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sweeps.run import SPEC_COPY, experiment_dir, read_meta, read_text
+from sweeps.spec import Spec, SpecError, load_spec, parse_spec
+
+RESULTS_DIR = "results"
+LABELS = ["key", "strategy", "generation", "dataset", "regime", "seed"]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_epochs(folder: str | Path) -> pd.DataFrame:
+    """One row per (trial, epoch) from the trial folders; `status` is the trial's final status."""
+    rows: list[dict] = []
+    for trial_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        params_file = trial_dir / "params.json"
+        if not params_file.exists():
+            continue
+        trial = json.loads(params_file.read_text())["trial"]
+        base = {**trial["labels"], "key": trial["key"]}
+        epochs: dict[int, dict] = {}
+        result_file = trial_dir / "result.json"
+        for line in result_file.read_text().splitlines() if result_file.exists() else []:
+            result = json.loads(line)
+            metrics = {k: v for k, v in result.items() if k != "config"}
+            epochs[int(result.get("epoch", result.get("training_iteration", 0)))] = metrics
+        failed = any(trial_dir.glob("error.*"))
+        last = epochs[max(epochs)] if epochs else {}
+        status = "failed" if failed else str(last.get("status", "stopped"))
+        if status == "running":
+            status = "stopped"  # ended before its last epoch: stopped early by the scheduler
+        if not epochs:
+            rows.append({**base, "epoch": 0, "status": status})
+        for epoch, metrics in sorted(epochs.items()):
+            rows.append({**metrics, **base, "epoch": epoch, "status": status})
+    return pd.DataFrame(rows)
+
+
+def finals(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per trial: labels, status, final and best metric, epochs run."""
+    df = df.sort_values(["key", "epoch"])
+    grouped = df.groupby("key", sort=False)
+    out = grouped[LABELS[1:] + ["status"]].last()
+    out["final"] = grouped[metric].last() if metric in df else math.nan
+    out["best"] = grouped[metric].max() if metric in df else math.nan
+    out["epochs"] = grouped["epoch"].max()
+    return out.reset_index()
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def ranking(per_trial: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Per dataset, strategies ranked by final metric: mean, std (over seeds), best, seeds."""
+    agg = per_trial.groupby(["dataset", "strategy"]).agg(
+        generation=("generation", "first"), regime=("regime", "first"),
+        mean=("final", "mean"), std=("final", "std"), best=("best", "max"),
+        seeds=("seed", "nunique"),
+        failed=("status", lambda s: int((s == "failed").sum())),
+        diverged=("status", lambda s: int((s == "diverged").sum())),
+    ).reset_index()
+    agg["rank"] = agg.groupby("dataset")["mean"].rank(ascending=(mode == "min"), method="min",
+                                                      na_option="bottom").astype(int)
+    return agg.sort_values(["dataset", "rank", "strategy"]).reset_index(drop=True)
+
+
+def epochs_to_target(df: pd.DataFrame, metric: str, mode: str,
+                     targets: dict[str, float]) -> pd.DataFrame:
+    """Per dataset and strategy: mean first epoch reaching the target, and how many seeds did."""
+    rows = []
+    for (dataset, strategy), group in df.groupby(["dataset", "strategy"]):
+        if dataset not in targets or metric not in group:
+            continue
+        target = targets[dataset]
+        reached = group[(group[metric] >= target) if mode == "max" else (group[metric] <= target)]
+        firsts = reached.groupby("seed")["epoch"].min()
+        rows.append({"dataset": dataset, "strategy": strategy, "target": target,
+                     "epochs": firsts.mean() if len(firsts) else math.nan,
+                     "reached": len(firsts), "seeds": group["seed"].nunique()})
+    return pd.DataFrame(rows, columns=["dataset", "strategy", "target", "epochs", "reached", "seeds"])
+
+
+def regime_winners(ranked: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Per regime: the winning strategy (mean over the regime's datasets) and each generation's best."""
+    score = ranked.groupby(["regime", "strategy"]).agg(
+        generation=("generation", "first"), score=("mean", "mean"),
+        datasets=("dataset", lambda d: ", ".join(sorted(set(d))))).reset_index()
+    pick = "idxmax" if mode == "max" else "idxmin"
+    rows = []
+    for regime, group in score.groupby("regime"):
+        group = group.dropna(subset=["score"])
+        if group.empty:
+            continue
+        win = group.loc[getattr(group["score"], pick)()]
+        row = {"regime": regime, "datasets": win["datasets"], "winner": win["strategy"],
+               "generation": int(win["generation"]), "score": win["score"]}
+        for gen, g in group.groupby("generation"):
+            best = g.loc[getattr(g["score"], pick)()]
+            row[f"gen{int(gen)}"] = f"{best['strategy']} {best['score']:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- plots and Markdown
+
+
+def plot_curves(df: pd.DataFrame, metric: str, out_dir: Path) -> dict[str, Path]:
+    """One PNG per dataset: the metric per epoch, mean over seeds, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))]
+    files = {}
+    for dataset, group in df[df["epoch"] > 0].groupby("dataset"):
+        if metric not in group or group[metric].isna().all():
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        curves = group.groupby(["generation", "strategy", "epoch"])[metric].mean()
+        for i, ((gen, strategy), curve) in enumerate(curves.groupby(level=[0, 1])):
+            ax.plot(curve.index.get_level_values("epoch"), curve.values,
+                    linestyle=styles[(int(gen) - 1) % len(styles)], marker=".",
+                    color=plt.cm.tab20(i % 20), label=f"{strategy} (gen{int(gen)})")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{dataset}: {metric} (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="best")
+        fig.tight_layout()
+        path = out_dir / f"curves-{_file_safe(dataset)}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        files[dataset] = path
+    return files
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render_markdown(spec: Spec, meta_line: str, per_trial: pd.DataFrame, ranked: pd.DataFrame,
+                    to_target: pd.DataFrame, winners: pd.DataFrame, curves: dict[str, Path]) -> str:
+    m = spec.metric
+    counts = per_trial["status"].value_counts().to_dict()
+    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    out = [f"# Sweep `{spec.name}`", "", spec.description.strip(), "",
+           f"{meta_line}; metric `{m}` ({spec.mode}); {len(per_trial)} trials: {status}.", ""]
+    for dataset, group in ranked.groupby("dataset", sort=False):
+        target = to_target[to_target["dataset"] == dataset].set_index("strategy")
+        tgt = f"epochs to {m} {'>=' if spec.mode == 'max' else '<='} {target['target'].iloc[0]:g}" \
+            if len(target) else None
+        header = ["rank", "strategy", "gen", f"final {m} (mean ± std)", "best", "seeds"] + \
+            ([tgt] if tgt else []) + ["diverged", "failed"]
+        rows = []
+        for r in group.itertuples():
+            final = _num(r.mean) + ("" if math.isnan(r.std) else f" ± {_num(r.std)}")
+            row = [r.rank, f"`{r.strategy}`", r.generation, final, _num(r.best), r.seeds]
+            if tgt:
+                t = target.loc[r.strategy] if r.strategy in target.index else None
+                row.append("—" if t is None or t["reached"] == 0
+                           else f"{t['epochs']:.1f} ({int(t['reached'])}/{int(t['seeds'])})")
+            rows.append(row + [r.diverged, r.failed])
+        out += [f"## {dataset} ({group['regime'].iloc[0]})", "", *_table(header, rows), ""]
+        if dataset in curves:
+            out += [f"![{dataset} learning curves]({curves[dataset].name})", ""]
+    if len(winners):
+        gens = sorted(c for c in winners.columns if c.startswith("gen") and c != "generation")
+        header = ["regime", "datasets", "winner", f"mean final {m}", *gens]
+        rows = [[w.regime, w.datasets, f"`{w.winner}` (gen{w.generation})", _num(w.score),
+                 *[w._asdict().get(g) if isinstance(w._asdict().get(g), str) else "—" for g in gens]]
+                for w in winners.itertuples()]
+        out += ["## Regime winners", "",
+                "Score: a strategy's mean final metric averaged over the regime's datasets; "
+                "the generation columns give each generation's best strategy.", "",
+                *_table(header, rows), ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def sweep_folder(ref: str | Path) -> str:
+    """An experiment folder, or a spec (path or shipped name) whose folder it is."""
+    if read_meta(str(ref)) is not None:
+        return str(ref)
+    spec, _ = load_spec(ref, check_trials=False)
+    folder = experiment_dir(spec)
+    if read_meta(folder) is None:
+        raise SpecError(f"{ref}: no sweep has run yet in {folder}")
+    return folder
+
+
+def write_report(folder: str, out_dir: Path | None = None) -> Path:
+    """Write report.md + curve PNGs for the sweep in `folder`; returns the Markdown file."""
+    meta = read_meta(folder)
+    if meta is None:
+        raise SpecError(f"{folder}: not a sweep folder (no dals-sweep.json)")
+    spec = parse_spec(yaml.safe_load(read_text(folder, SPEC_COPY)), f"{folder}/{SPEC_COPY}",
+                      check_trials=False)
+    out_dir = out_dir or Path(RESULTS_DIR) / spec.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = load_epochs(folder)
+    if df.empty:
+        raise SpecError(f"{folder}: no trial has reported yet")
+    per_trial = finals(df, spec.metric)
+    ranked = ranking(per_trial, spec.mode)
+    to_target = epochs_to_target(df, spec.metric, spec.mode, spec.targets())
+    winners = regime_winners(ranked, spec.mode)
+    curves = plot_curves(df, spec.metric, out_dir)
+    meta_line = f"Sweep id `{meta.sweep_id}`, spec hash `{meta.spec_hash}`"
+    text = render_markdown(spec, meta_line, per_trial, ranked, to_target, winners, curves)
+    path = out_dir / "report.md"
+    path.write_text(text + "\n")
+    ranked.to_csv(out_dir / "ranking.csv", index=False)
+    return path
+
+
+def make_report(folder: str, out_dir: Path | None = None) -> Path:
+    """`write_report`, then log the folder to the sweep's MLflow parent run (when tracked)."""
+    path = write_report(folder, out_dir)
+    meta = read_meta(folder)
+    if meta and meta.tracking_uri:
+        from sweeps import tracking
+
+        store = tracking.Store(meta.tracking_uri, meta.experiment)
+        parent, _ = tracking.sweep_runs(store, meta.sweep_id)
+        if parent is not None:
+            tracking.log_folder(store, parent.info.run_id, path.parent, "report")
+    return path

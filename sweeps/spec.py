@@ -1,0 +1,346 @@
+"""Sweep specs: a YAML file -> a validated, strict `Spec`, and the trials it stands for.
+
+Everything a sweep will do is decided here, before Ray starts: a typo'd key, an unknown strategy
+or dataset, a bad range or a setting the trainable rejects is one `SpecError` line naming the
+file, the key and what is allowed. Nothing in this module imports Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPECS_DIR = Path(__file__).parent / "specs"
+METRICS = ("eval_accuracy", "eval_loss", "train_loss")
+DEFAULT_STORAGE = "dals-runs"
+DEFAULT_TRACKING_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns"
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; `str()` is one line: 'FILE: KEY: what is wrong; allowed: ...'."""
+
+
+# ----------------------------------------------------------------------------- the catalogue
+
+
+def strategy_generations() -> dict[str, int]:
+    """Strategy id -> generation, in the registry's (generation) order."""
+    import dalsopt
+
+    return {name: dalsopt.GENERATIONS[name] for name in dalsopt.names()}
+
+
+def dataset_regime(dataset: str) -> str:
+    """The dataset's regime; ValueError (listing the known ids) for an unknown dataset."""
+    from sweeps import data
+
+    return data.default_regime(dataset)
+
+
+def expand_strategies(items: list[str]) -> list[str]:
+    """Ids, generation names (`gen3`) and `all` -> unique ids in registry order."""
+    gens = strategy_generations()
+    chosen: set[str] = set()
+    for item in items:
+        if item == "all":
+            chosen.update(gens)
+        elif item.startswith("gen") and item[3:].isdigit() and int(item[3:]) in gens.values():
+            chosen.update(n for n, g in gens.items() if g == int(item[3:]))
+        elif item in gens:
+            chosen.add(item)
+        else:
+            allowed = ", ".join([*gens, *sorted({f"gen{g}" for g in gens.values()}), "all"])
+            raise ValueError(f"unknown strategy {item!r}; allowed: {allowed}")
+    return [n for n in gens if n in chosen]
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors that list the allowed ones (pydantic's own message does not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    f"unknown key {unknown[0]!r}; allowed: {', '.join(cls.model_fields)}"
+                )
+        return data
+
+
+Scalar = bool | int | float | str
+
+
+def trial_setting_keys() -> list[str]:
+    """What a spec may set per trial: the trainable's config keys (the grid gives the rest)."""
+    from sweeps.trainable import CONFIG_KEYS
+
+    return [k for k in CONFIG_KEYS if k not in ("strategy", "dataset", "seed")]
+
+
+class TrialSettings(BaseModel):
+    """Per-trial settings: under `defaults` for every dataset, under `datasets.NAME` for one.
+
+    The keys are the trainable's (`trial_config` checks their values); `target` is the report's.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    hp: dict[str, Scalar] = Field(default_factory=dict, description="strategy hyperparameters")
+    target: float | None = Field(None, description="metric value for the epochs-to-target table")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = [*trial_setting_keys(), "target"]
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        return data
+
+    def merged(self, over: TrialSettings | None) -> TrialSettings:
+        """These settings with `over`'s set fields on top (hp merged key by key)."""
+        if over is None:
+            return self
+        mine = self.model_dump(exclude_none=True)
+        theirs = over.model_dump(exclude_none=True)
+        hp = {**mine.pop("hp", {}), **theirs.pop("hp", {})}
+        return TrialSettings(**{**mine, **theirs, "hp": hp})
+
+    def trial_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for `sweeps.trainable.trial_config` (target is the report's)."""
+        return self.model_dump(exclude_none=True, exclude={"target"})
+
+
+class Grid(Strict):
+    strategies: list[str] = Field(min_length=1)
+    datasets: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+
+    @field_validator("strategies", "datasets", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, v: Any) -> Any:
+        """`seeds: 3` means seeds 0, 1, 2."""
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 1:
+                raise ValueError("a seed count must be >= 1 (or give a list of seeds)")
+            return list(range(v))
+        return v
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: list[str]) -> list[str]:
+        return expand_strategies(v)
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            dataset_regime(name)
+        return list(dict.fromkeys(v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be >= 0")
+        return list(dict.fromkeys(v))
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
+    max_concurrent: int | None = Field(None, ge=1, description="default: as many as fit")
+
+
+class Failure(Strict):
+    max_retries: int = Field(1, ge=-1, description="per trial; -1 retries forever")
+
+
+class Scheduler(Strict):
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Tracking(Strict):
+    enabled: bool = True
+    uri: str | None = Field(None, description=f"default: sqlite:///./{DEFAULT_TRACKING_DB}")
+    experiment: str | None = Field(None, description="default: the spec's name")
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    metric: Literal[METRICS] = "eval_accuracy"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] = "max"
+    grid: Grid
+    defaults: TrialSettings = Field(default_factory=TrialSettings)
+    datasets: dict[str, TrialSettings] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    failure: Failure = Field(default_factory=Failure)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    tracking: Tracking = Field(default_factory=Tracking)
+    storage: str = Field(DEFAULT_STORAGE, description="Ray Tune storage path (local or URI)")
+    keep_checkpoints: int = Field(1, ge=1, description="per trial")
+
+    @model_validator(mode="after")
+    def _overrides_in_grid(self) -> Spec:
+        for name in self.datasets:
+            if name not in self.grid.datasets:
+                raise ValueError(
+                    f"datasets: {name!r} is not in grid.datasets; allowed: "
+                    + ", ".join(self.grid.datasets)
+                )
+        return self
+
+    def settings(self, dataset: str) -> TrialSettings:
+        return self.defaults.merged(self.datasets.get(dataset))
+
+    def regime(self, dataset: str) -> str:
+        """The dataset's regime, unless the spec trains it in the other one (`regime:` setting)."""
+        return self.settings(dataset).model_dump().get("regime") or dataset_regime(dataset)
+
+    def trials(self) -> list[TrialSpec]:
+        """The grid in a stable order: dataset, then strategy (registry order), then seed."""
+        gens = strategy_generations()
+        return [
+            TrialSpec(s, d, seed, gens[s], self.regime(d), self.settings(d))
+            for d in self.grid.datasets
+            for s in self.grid.strategies
+            for seed in self.grid.seeds
+        ]
+
+    def targets(self) -> dict[str, float]:
+        """Dataset -> target metric value, for datasets that set one."""
+        return {d: t for d in self.grid.datasets if (t := self.settings(d).target) is not None}
+
+    @cached_property
+    def digest(self) -> str:
+        """A hash of what the sweep does (not of comments or key order): resume needs it equal."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    # Working-folder defaults, resolved when used so a spec file stays portable.
+    def storage_path(self) -> str:
+        return self.storage if "://" in self.storage else str(Path(self.storage).resolve())
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One grid cell. `key` is stable across runs: it names the trial in Ray and in MLflow."""
+
+    strategy: str
+    dataset: str
+    seed: int
+    generation: int
+    regime: str
+    settings: TrialSettings = field(compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.strategy}/{self.dataset}/{self.seed}"
+
+    @property
+    def slug(self) -> str:
+        """The key as a file-name-safe trial name."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.strategy}-{self.dataset}-s{self.seed}")
+
+    def labels(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "generation": self.generation,
+            "dataset": self.dataset,
+            "regime": self.regime,
+            "seed": self.seed,
+        }
+
+    def config(self) -> dict[str, Any]:
+        """The trainable's full, validated config (raises ValueError on a setting it rejects)."""
+        from sweeps.trainable import trial_config
+
+        return trial_config(
+            strategy=self.strategy, dataset=self.dataset, seed=self.seed,
+            **self.settings.trial_kwargs(),
+        )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_path(ref: str | Path) -> Path:
+    """A spec path, or the bare name of a shipped spec (`quick` -> sweeps/specs/quick.yaml)."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    shipped = SPECS_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else ref}.yaml"
+    if shipped.exists() and path.parent == Path("."):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
+    raise SpecError(f"{ref}: no such spec file; shipped specs: {names}")
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def parse_spec(data: Any, source: str = "<spec>", *, check_trials: bool = True) -> Spec:
+    """A mapping -> Spec; with `check_trials`, also every trial's config via the trainable."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec is a mapping of keys (name, grid, ...), got {type(data).__name__}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {_one_line(e)}") from None
+    if check_trials:
+        for trial in spec.trials():
+            try:
+                trial.config()
+            except ValueError as e:
+                where = f"datasets.{trial.dataset}" if trial.dataset in spec.datasets else "defaults"
+                raise SpecError(f"{source}: {where} (trial {trial.key}): {e}") from None
+    return spec
+
+
+def load_spec(ref: str | Path, *, check_trials: bool = True) -> tuple[Spec, Path]:
+    """Read, parse and validate a spec file; returns the spec and the file it came from."""
+    path = resolve_path(ref)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}{where}: not valid YAML: {problem}") from None
+    return parse_spec(data, str(path), check_trials=check_trials), path

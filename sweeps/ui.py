@@ -1,0 +1,47 @@
+"""`dals ui`: the MLflow UI for a sweep's tracking store, on the loopback interface only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sweeps.spec import DEFAULT_ARTIFACTS, Spec
+
+DEFAULT_PORT = 5000
+
+
+def store_uri(spec: Spec | None, uri: str | None) -> str:
+    """An explicit URI, else the spec's, else the working folder's SQLite default."""
+    if uri:
+        return uri
+    if spec is not None:
+        return spec.tracking_uri()
+    from sweeps.spec import DEFAULT_TRACKING_DB
+
+    return f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
+    """The `mlflow ui` command line for `uri` (artifacts of new experiments beside a local store)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
+           "--backend-store-uri", uri]
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        cmd += ["--default-artifact-root", Path(DEFAULT_ARTIFACTS).resolve().as_uri()]
+    return cmd
+
+
+def address(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+def serve(uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, say=print) -> int:
+    """Run the UI in the foreground until Ctrl+C; returns its exit code."""
+    proc = subprocess.Popen(ui_command(uri, host, port))
+    say(f"MLflow UI for {uri} at {address(host, port)} (Ctrl+C stops it)", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+        return 0
