@@ -1,6 +1,7 @@
 """DALS, DALS-Fast and DALS-Acc: compositions of the shared pieces.
 
-DALS = loss-phase detector -> depth-aware filter -> coupled decay -> trust ratio -> heavy-ball momentum,
+DALS = loss-phase detector -> depth-aware filter -> coupled decay -> trust ratio (measured on the filtered
+gradient) -> heavy-ball momentum -> the momentum scaled by that ratio,
 with a warmup-cosine (DALS, DALS-Fast) or warm-restart (DALS-Acc) schedule. The three variants differ
 only in their filter coefficients per phase, thresholds and schedule: no variant flags inside the step.
 """
@@ -13,7 +14,7 @@ from .param_groups import param_groups
 from .phase import PhaseDetector
 from .schedules import WarmRestarts, WarmupCosine
 from .transforms import CoupledDecay, Momentum
-from .trust import TrustRatio
+from .trust import ScaleByTrust, TrustRatio
 
 __all__ = ["dals_optimizer", "build_dals", "build_dals_fast", "build_dals_acc", "DALS_DEFAULTS"]
 
@@ -46,6 +47,7 @@ def dals_optimizer(blocks: list[Block], hp: dict, alphas: tuple) -> Chain:
         CoupledDecay(),
         TrustRatio(hp["trust_coef"], hp["trust_min"], hp["trust_max"]),
         Momentum(),
+        ScaleByTrust(),
     ]
     return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
                  monitors=[detector])

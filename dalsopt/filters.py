@@ -29,10 +29,10 @@ class GrokfastEMA:
     lamb: float = 2.0
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        fresh = "grokfast_ema" not in ctx.states[0]
+        seen = [i for i, st in enumerate(ctx.states) if "grokfast_ema" in st]  # tensors past their first step
         ema = ctx.buffer("grokfast_ema", lambda p, i: u[i].detach().clone())
-        if not fresh:
-            torch._foreach_lerp_(ema, u, 1.0 - self.alpha)
+        if seen:
+            torch._foreach_lerp_([ema[i] for i in seen], [u[i] for i in seen], 1.0 - self.alpha)
         if ctx.owned:
             torch._foreach_add_(u, ema, alpha=self.lamb)
             return u

@@ -88,21 +88,20 @@ class AdaBoundStep:
     eps: float = 1e-8
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        t = ctx.step + 1
+        for st in ctx.states:  # per-tensor step counts, as the reference: a late first gradient starts at 1
+            st["step"] = st.get("step", 0) + 1
+        steps = [st["step"] for st in ctx.states]
         m, v = ctx.zeros("exp_avg"), ctx.zeros("exp_avg_sq")
         torch._foreach_lerp_(m, u, 1.0 - self.beta1)
         torch._foreach_mul_(v, self.beta2)
         torch._foreach_addcmul_(v, u, u, 1.0 - self.beta2)
         final = self.final_lr / ctx.group["base_lr"]
-        lower = final * (1.0 - 1.0 / (self.gamma * t + 1.0))
-        upper = final * (1.0 + 1.0 / (self.gamma * t))
-        scale = math.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
         step = torch._foreach_sqrt(v)
         torch._foreach_add_(step, self.eps)
         torch._foreach_reciprocal_(step)
-        torch._foreach_mul_(step, scale)
-        torch._foreach_clamp_min_(step, lower)
-        torch._foreach_clamp_max_(step, upper)
+        torch._foreach_mul_(step, [math.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t) for t in steps])
+        torch._foreach_clamp_min_(step, [final * (1.0 - 1.0 / (self.gamma * t + 1.0)) for t in steps])
+        torch._foreach_clamp_max_(step, [final * (1.0 + 1.0 / (self.gamma * t)) for t in steps])
         torch._foreach_mul_(step, m)
         ctx.owned = True
         return step

@@ -13,7 +13,7 @@ from torch import Tensor
 from .chain import Ctx
 from .transforms import CoupledDecay
 
-__all__ = ["TrustRatio", "LarsScale"]
+__all__ = ["TrustRatio", "ScaleByTrust", "LarsScale"]
 
 
 def _norms(tensors: list[Tensor]) -> Tensor:
@@ -28,7 +28,9 @@ def _where_defined(ratio: Tensor, p_norm: Tensor, u_norm: Tensor) -> list[Tensor
 
 @dataclass(frozen=True)
 class TrustRatio:
-    """DALS's ratio on the final update: ``r = clamp(coef ||p|| / ||u||, lo, hi)``; ``u <- r u``.
+    """DALS's ratio ``r = clamp(coef ||p|| / ||u||, lo, hi)``, *measured* on the update as it stands
+    (the filtered, decayed gradient) and kept for ``ScaleByTrust``, which applies it later in the chain:
+    DALS scales the momentum buffer, ``p <- p - lr r m``, not the gradient that enters it.
 
     Groups with ``group["trust"] = False`` (biases and norms under ``exclude_norm_bias``) keep ``r = 1``.
     """
@@ -38,12 +40,23 @@ class TrustRatio:
     hi: float = 5.0
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        if not ctx.group.get("trust", True):
+        if ctx.group.get("trust", True):
+            p_norm, u_norm = _norms(ctx.params), _norms(u)
+            ratio = (self.coef * p_norm / u_norm).clamp(self.lo, self.hi)
+            ctx.scratch["trust"] = _where_defined(ratio, p_norm, u_norm)
+        return u
+
+
+@dataclass(frozen=True)
+class ScaleByTrust:
+    """``u <- r u`` with the ratios ``TrustRatio`` measured earlier in this step (no-op without them)."""
+
+    def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
+        ratio = ctx.scratch.get("trust")
+        if ratio is None:
             return u
-        p_norm, u_norm = _norms(ctx.params), _norms(u)
-        ratio = (self.coef * p_norm / u_norm).clamp(self.lo, self.hi)
         u = ctx.writable(u)
-        torch._foreach_mul_(u, _where_defined(ratio, p_norm, u_norm))
+        torch._foreach_mul_(u, ratio)
         return u
 
 
