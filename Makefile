@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench
+.PHONY: venv run test bench browser
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml requirements.txt
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/dals sweep run quick
 
-test: $(STAMP)
+# The browser test drives Debian's chromium; install it where we can (as root, from apt), else it skips.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: the browser test will skip"; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

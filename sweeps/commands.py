@@ -1,30 +1,16 @@
 """The sweep service's `dals` subcommands: `sweep run`, `report`, `ui`.
 
-Each `register_*` adds one subcommand to the `dals` parser (sweeps/cli.py calls them). Handlers
-return an exit code; a bad spec is one `dals: error: ...` line and exit 2, never a traceback.
+Each `register_*` adds one subcommand to the `dals` parser (sweeps/cli.py collects `REGISTER`).
+Handlers return an exit code; a bad spec raises `SpecError` (a ValueError), which cli.main prints
+as one `dals: error: ...` line with exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Callable
 
-from sweeps.spec import SpecError
-
-EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130
-
-
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except SpecError as e:
-            print(f"dals: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    return run
 
 
 # ----------------------------------------------------------------------------- dals sweep run
@@ -62,7 +48,7 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit")
     run.add_argument("--fresh", action="store_true", help="discard an earlier run of this spec")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    run.set_defaults(func=_guarded(_sweep_run))
+    run.set_defaults(func=_sweep_run)
 
 
 # ----------------------------------------------------------------------------- dals report
@@ -84,7 +70,7 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
         description="SWEEP is a spec (file or shipped name) or a sweep's experiment folder.")
     rep.add_argument("sweep", metavar="SWEEP")
     rep.add_argument("--out", default=None, help="output folder (default: results/<sweep name>)")
-    rep.set_defaults(func=_guarded(_report))
+    rep.set_defaults(func=_report)
 
 
 # ----------------------------------------------------------------------------- dals ui
@@ -105,7 +91,14 @@ def register_ui(subparsers: argparse._SubParsersAction) -> None:
     ui.add_argument("--store", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     ui.add_argument("--spec", default=None, help="use this spec's tracking URI")
     ui.add_argument("--port", type=int, default=DEFAULT_PORT)
-    ui.set_defaults(func=_guarded(_ui))
+    ui.set_defaults(func=_ui)
 
 
-REGISTER = [register_sweep, register_report, register_ui]
+def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
+    """Ray Jobs submission (`dals sweep submit`, `dals jobs ...`): after `sweep`, whose parser it extends."""
+    from sweeps import jobs
+
+    jobs.register(subparsers)
+
+
+REGISTER = [register_sweep, register_report, register_ui, _register_jobs]

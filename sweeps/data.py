@@ -35,6 +35,11 @@ class DatasetInfo:
     about: str
 
 
+def _cifar10(split: str, root: Path) -> Split:
+    # Not shipped (170 MB): without --data-dir / $DALS_DATA_DIR it lives (or downloads) in the user cache.
+    return sources.cifar10(split, Path.home() / ".cache" / "dals" if root == PACKAGE_DATA else root)
+
+
 def _synthetic(split: str, root: Path) -> Split:
     return sources.synthetic(split)
 
@@ -46,7 +51,7 @@ def _gmm(split: str, root: Path) -> Split:
 DATASETS: dict[str, DatasetInfo] = {
     "synthetic": DatasetInfo("tensor", "scratch", _synthetic, "10k x 20-d, label = sum(x[:5]) > 0 (authors' code)"),
     "synthetic-gmm": DatasetInfo("tensor", "scratch", _gmm, "10-class Gaussian mixture, 8000 x 64 (paper text)"),
-    "cifar10": DatasetInfo("image", "scratch", sources.cifar10, "CIFAR-10, cifar-10-batches-py format"),
+    "cifar10": DatasetInfo("image", "scratch", _cifar10, "CIFAR-10, cifar-10-batches-py format"),
     "trec6": DatasetInfo("text", "finetune", sources.trec, "TREC-6 question classification"),
     "trec6-scratch": DatasetInfo("text", "scratch", sources.trec, "TREC-6, model trained from scratch"),
     "rte": DatasetInfo("text", "finetune", sources.rte, "GLUE RTE sentence pairs (dev = eval)"),

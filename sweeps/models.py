@@ -106,7 +106,7 @@ def minilm_path() -> Path:
 
 def encoder_source(model: str) -> tuple[str, bool]:
     """(name or folder to load, local_files_only). A local folder or offline mode never touches the network."""
-    from sweeps.sources import offline
+    from sweeps.sources import reachable
 
     if model == MINILM:
         model = str(minilm_path())
@@ -116,7 +116,7 @@ def encoder_source(model: str) -> tuple[str, bool]:
         return str(Path(model).expanduser()), True
     if model.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model folder not found: {model}")
-    return model, offline()
+    return model, not reachable("huggingface.co")
 
 
 def _hf_error(model: str, exc: BaseException) -> FileNotFoundError:

@@ -1,7 +1,7 @@
 """A one-line sweep status (done / running / pending, best so far) instead of Ray's tables.
 
-On a terminal the line is rewritten in place; in a log (CI, a pipe) a new line is printed only
-when the counts change, and at most every `every_s` seconds otherwise.
+On a terminal the line is rewritten in place whenever a trial changes state; in a log (CI, a
+pipe) a new line is printed when a trial ends, and every `every_s` seconds otherwise.
 """
 
 from __future__ import annotations
@@ -10,71 +10,103 @@ import math
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
+Best = tuple[float, str]  # (metric value, trial key)
 
-def status_line(name: str, elapsed_s: float, trials: list, metric: str, mode: str) -> str:
-    """`[quick 1:05] 5/18 done, 1 failed · 2 running · 10 pending · best eval_accuracy 0.981 (dals/synthetic/0)`."""
+
+def status_line(name: str, elapsed_s: float, total: int, trials: list, metric: str,
+                best: Best | None) -> str:
+    """`[quick 1:05] 5/18 done, 1 failed · 2 running · 10 pending · best eval_accuracy 0.9810 (dals/synthetic/0)`.
+
+    `total` is the grid's size: Ray creates trials lazily, so `trials` may not hold them all yet.
+    """
     counts = Counter(t.status for t in trials)
     done = counts["TERMINATED"] + counts["ERROR"]
-    parts = [f"{done}/{len(trials)} done" + (f", {counts['ERROR']} failed" if counts["ERROR"] else "")]
-    parts.append(f"{counts['RUNNING']} running")
-    parts.append(f"{counts['PENDING'] + counts['PAUSED']} pending")
-    best = best_trial(trials, metric, mode)
+    parts = [f"{done}/{total} done" + (f", {counts['ERROR']} failed" if counts["ERROR"] else ""),
+             f"{counts['RUNNING']} running", f"{total - done - counts['RUNNING']} pending"]
     if best is not None:
-        value, key = best
-        parts.append(f"best {metric} {value:.4f} ({key})")
+        parts.append(f"best {metric} {best[0]:.4f} ({best[1]})")
     minutes, seconds = divmod(int(elapsed_s), 60)
     return f"[{name} {minutes}:{seconds:02d}] " + " · ".join(parts)
 
 
-def best_trial(trials: list, metric: str, mode: str) -> tuple[float, str] | None:
-    """(value, trial key) of the best last-reported metric so far, NaNs ignored."""
-    scored = [
-        (float(t.last_result[metric]), t.config.get("trial", {}).get("key", t.trial_id))
-        for t in trials
-        if isinstance((t.last_result or {}).get(metric), (int, float))
-        and math.isfinite(t.last_result[metric])
-    ]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda s: s[0])
+def better(best: Best | None, value: Any, key: str, mode: str) -> Best | None:
+    """`best`, or (value, key) when that is a finite value beating it."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return best
+    if best is None or (value > best[0] if mode == "max" else value < best[0]):
+        return float(value), key
+    return best
+
+
+def error_summary(trial: Any) -> str:
+    """The last line of a failed trial's traceback (`FileNotFoundError: ...`) and where the rest is."""
+    try:
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        lines = []
+    stored = f"{trial.path}/error.txt" if getattr(trial, "path", None) else trial.error_file
+    return f"{lines[-1].strip() if lines else 'unknown error'} (traceback: {stored})"
+
+
+def trial_key(trial: Any) -> str:
+    return trial.config.get("trial", {}).get("key", trial.trial_id)
 
 
 class ProgressCallback(Callback):
-    def __init__(self, name: str, metric: str, mode: str, every_s: float = 30.0,
+    def __init__(self, name: str, total: int, metric: str, mode: str, every_s: float = 30.0,
                  stream: TextIO | None = None):
-        self.name, self.metric, self.mode, self.every_s = name, metric, mode, every_s
-        self._stream = stream
+        self.name, self.total, self.metric, self.mode = name, total, metric, mode
+        self.every_s, self._stream = every_s, stream
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks; streams don't pickle
-        return {"name": self.name, "metric": self.metric, "mode": self.mode,
+        return {"name": self.name, "total": self.total, "metric": self.metric, "mode": self.mode,
                 "every_s": self.every_s, "_stream": None}
 
     def setup(self, **info: Any) -> None:
         self._start = time.monotonic()
-        self._last_counts: list = []
+        self._last_counts: object = None
         self._last_print = 0.0
+        self._best: Best | None = None
 
     @property
     def stream(self) -> TextIO:
         return self._stream or sys.stdout
 
     def _show(self, trials: list, final: bool = False) -> None:
-        counts = sorted(Counter(t.status for t in trials).items())
         tty = self.stream.isatty()
+        statuses = Counter(t.status for t in trials)
+        counts = sorted(statuses.items()) if tty else statuses["TERMINATED"] + statuses["ERROR"]
         due = time.monotonic() - self._last_print >= (1.0 if tty else self.every_s)
-        if not (final or counts != self._last_counts or due):
+        if not ((final and tty) or counts != self._last_counts or due):
             return
-        line = status_line(self.name, time.monotonic() - self._start, trials, self.metric, self.mode)
-        if tty:
-            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
+        if self._best is None:  # resumed: start from what earlier runs reported
+            for t in trials:
+                self._best = better(self._best, (t.last_result or {}).get(self.metric),
+                                    trial_key(t), self.mode)
+        line = status_line(self.name, time.monotonic() - self._start, self.total, trials,
+                           self.metric, self._best)
+        self.stream.write(("\r\033[K" + line + ("\n" if final else "")) if tty else line + "\n")
         self.stream.flush()
         self._last_counts, self._last_print = counts, time.monotonic()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._best = better(self._best, result.get(self.metric), trial_key(trial), self.mode)
+
+    def _say(self, line: str) -> None:
+        tty = self.stream.isatty()
+        self.stream.write(("\r\033[K" if tty else "") + line + "\n")
+        self.stream.flush()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"trial {trial_key(trial)} failed: {error_summary(trial)}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"trial {trial_key(trial)} failed, retrying: {error_summary(trial)}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._show(trials)

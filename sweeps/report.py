@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sweeps.run import SPEC_COPY, experiment_dir, read_meta, read_text
+from sweeps.run import SPEC_COPY, experiment_dir, final_status, read_meta, read_text
 from sweeps.spec import Spec, SpecError, load_spec, parse_spec
 
 RESULTS_DIR = "results"
@@ -41,9 +41,7 @@ def load_epochs(folder: str | Path) -> pd.DataFrame:
             epochs[int(result.get("epoch", result.get("training_iteration", 0)))] = metrics
         failed = any(trial_dir.glob("error.*"))
         last = epochs[max(epochs)] if epochs else {}
-        status = "failed" if failed else str(last.get("status", "stopped"))
-        if status == "running":
-            status = "stopped"  # ended before its last epoch: stopped early by the scheduler
+        status = "failed" if failed else final_status(last.get("status"))
         if not epochs:
             rows.append({**base, "epoch": 0, "status": status})
         for epoch, metrics in sorted(epochs.items()):
@@ -56,7 +54,8 @@ def finals(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     df = df.sort_values(["key", "epoch"])
     grouped = df.groupby("key", sort=False)
     out = grouped[LABELS[1:] + ["status"]].last()
-    out["final"] = grouped[metric].last() if metric in df else math.nan
+    # the last epoch's value even when it is NaN (pandas' last() would skip back over it)
+    out["final"] = grouped[metric].agg(lambda s: s.iloc[-1]) if metric in df else math.nan
     out["best"] = grouped[metric].max() if metric in df else math.nan
     out["epochs"] = grouped["epoch"].max()
     return out.reset_index()
@@ -66,7 +65,8 @@ def finals(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def ranking(per_trial: pd.DataFrame, mode: str) -> pd.DataFrame:
-    """Per dataset, strategies ranked by final metric: mean, std (over seeds), best, seeds."""
+    """Per dataset, strategies ranked by final metric: mean, std (over seeds; NaN finals of
+    diverged seeds left out, and counted in `diverged`), best, seeds."""
     agg = per_trial.groupby(["dataset", "strategy"]).agg(
         generation=("generation", "first"), regime=("regime", "first"),
         mean=("final", "mean"), std=("final", "std"), best=("best", "max"),
@@ -166,7 +166,8 @@ def render_markdown(spec: Spec, meta_line: str, per_trial: pd.DataFrame, ranked:
     m = spec.metric
     counts = per_trial["status"].value_counts().to_dict()
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out = [f"# Sweep `{spec.name}`", "", spec.description.strip(), "",
+    about = [spec.description.strip(), ""] if spec.description.strip() else []
+    out = [f"# Sweep `{spec.name}`", "", *about,
            f"{meta_line}; metric `{m}` ({spec.mode}); {len(per_trial)} trials: {status}.", ""]
     for dataset, group in ranked.groupby("dataset", sort=False):
         target = to_target[to_target["dataset"] == dataset].set_index("strategy")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from sweeps.spec import Spec, SpecError, TrialSpec
 
@@ -46,8 +50,19 @@ def train_trial(config: dict[str, Any]) -> None:
 
 
 def trial_entry(trial: TrialSpec) -> dict[str, Any]:
-    """What Ray carries per trial: the stable key, labels and the trainable's full config."""
-    return {"key": trial.key, "slug": trial.slug, "labels": trial.labels(), "config": trial.config()}
+    """What Ray carries per trial: the stable key, labels, the trainable's full config and the
+    strategy's effective hyperparameters (its defaults under the config's overrides)."""
+    import dalsopt
+
+    config = trial.config()
+    return {"key": trial.key, "slug": trial.slug, "labels": trial.labels(), "config": config,
+            "hp": dalsopt.resolve(trial.strategy, **config["hp"])}
+
+
+def final_status(reported: str | None) -> str:
+    """A trial's status once Tune ended it: the trainable's own (finished / diverged), or
+    `stopped` when it ended before its last epoch (an ASHA stop)."""
+    return reported if reported in ("finished", "diverged") else "stopped"
 
 
 def trial_name(trial: Any) -> str:
@@ -143,12 +158,22 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune snapshots its state whenever a trial has saved `num_to_keep` checkpoints: good for
+    # resume, cheap at our trial sizes, and not worth a warning each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Failed trials get one line from ProgressCallback (error and traceback file), not Tune's
+    # traceback on the terminal.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # No worker_process_setup_hook importing torch early: torch would fix its thread count
+        # before Ray sets OMP_NUM_THREADS for the trial, and two trials on two cores would each
+        # run two threads (measured: 4x slower epochs).
         ray.init(include_dashboard=False, num_cpus=num_cpus, **kwargs)
 
 
@@ -163,7 +188,7 @@ def _scheduler(spec: Spec, entries: list[dict[str, Any]]):
                          reduction_factor=spec.scheduler.reduction_factor)
 
 
-def _tuner(spec: Spec, meta: SweepMeta, entries: list[dict[str, Any]], callbacks: list):
+def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
     from ray import tune
 
     trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu,
@@ -184,6 +209,25 @@ def _tuner(spec: Spec, meta: SweepMeta, entries: list[dict[str, Any]], callbacks
     tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(entries)},
                        tune_config=tune_config, run_config=run_config)
     return tuner, False
+
+
+def saved_counts(folder: str) -> tuple[int, int]:
+    """(finished, failed) trials as Tune saved them. After Ctrl+C, Tune's in-memory trials show
+    the interrupted ones as terminated; the saved state, which a resume starts from, does not."""
+    from ray.tune import ExperimentAnalysis
+
+    statuses = [t.status for t in ExperimentAnalysis(folder).trials]
+    return statuses.count("TERMINATED"), statuses.count("ERROR")
+
+
+class DropFinalCheckpoints(Callback):
+    """Delete a trial's checkpoints once it has finished (local storage): a finished trial is
+    never resumed, and its metrics live in result.json and MLflow."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.path and "://" not in trial.path:
+            for folder in Path(trial.path).glob("checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -211,30 +255,37 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
     from sweeps import progress, tracking
 
     start = time.monotonic()
-    meta, resumed = start_or_resume(spec, spec_file, fresh)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    meta, _ = start_or_resume(spec, spec_file, fresh)
     entries = [trial_entry(t) for t in spec.trials()]
     store = tracking.Store(meta.tracking_uri, meta.experiment) if meta.tracking_uri else None
+    callbacks: list = [progress.ProgressCallback(spec.name, len(entries), spec.metric, spec.mode)]
+    if not spec.keep_final_checkpoint:
+        callbacks.append(DropFinalCheckpoints())
     parent_id = None
-    callbacks: list = [progress.ProgressCallback(spec.name, spec.metric, spec.mode)]
-    if store is not None:
-        parent_id = tracking.open_parent(
-            store, meta.sweep_id, spec.name, spec.digest, spec_file,
+    with ThreadPoolExecutor(max_workers=1) as pool:  # MLflow set-up overlaps Ray's start-up
+        parent = store and pool.submit(
+            tracking.open_parent, store, meta.sweep_id, spec.name, spec.digest, spec_file,
             {"trials": len(entries), "metric": spec.metric, "mode": spec.mode,
              "storage": experiment_dir(spec), "scheduler": spec.scheduler.type},
         )
-        callbacks.append(tracking.MlflowCallback(store, meta.sweep_id))
-
-    init_ray(address, num_cpus)
-    tuner, restored = _tuner(spec, meta, entries, callbacks)
-    before = tuner.get_results().num_terminated if restored else 0
+        init_ray(address, num_cpus)
+        if store is not None:
+            parent_id = parent.result()
+            callbacks.append(tracking.MlflowCallback(store, meta.sweep_id))
+    tuner, restored = _tuner(spec, entries, callbacks)
+    before = saved_counts(experiment_dir(spec))[0] if restored else 0
     where = f"MLflow {meta.tracking_uri} (experiment {meta.experiment})" if store else "MLflow off"
     state = f"resuming, {before} finished before" if restored else "new"
     say(f"sweep {spec.name}: {len(entries)} trials ({state}) · {experiment_dir(spec)} · {where}")
 
-    results = tuner.fit()
+    tuner.fit()
+    if store is not None:
+        tracking.flush_all()
+    finished, failed = saved_counts(experiment_dir(spec))
     outcome = Outcome(
-        name=spec.name, sweep_id=meta.sweep_id, folder=experiment_dir(spec), total=len(results),
-        finished=results.num_terminated, failed=results.num_errors, finished_before=before,
+        name=spec.name, sweep_id=meta.sweep_id, folder=experiment_dir(spec), total=len(entries),
+        finished=finished, failed=failed, finished_before=before,
         wall_s=time.monotonic() - start, report=None,
     )
     if store is not None and not outcome.complete:
@@ -247,17 +298,18 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
         say(f"report: {report_file}")
     if store is not None:
         tracking.close_parent(store, parent_id, "FINISHED" if outcome.complete else "KILLED")
-    return Outcome(**{**asdict(outcome), "report": str(report_file) if report_file else None})
+    return replace(outcome, report=str(report_file) if report_file else None)
 
 
 def dry_run(spec: Spec, say=print) -> int:
     """Print the trials a sweep would run; returns their count."""
     trials = spec.trials()
     for t in trials:
-        s = t.settings.trial_kwargs()
-        hp = s.pop("hp", {})
-        extras = " ".join(f"{k}={v}" for k, v in {**s, **hp}.items())
-        say(f"  {t.key:<40} gen{t.generation} {t.regime:<9} {extras}")
+        cfg, given = t.config(), t.settings.trial_kwargs()
+        shown = {"epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "model": cfg["model"],
+                 **{k: v for k, v in given.items() if k != "hp"}, **given.get("hp", {})}
+        say(f"  {t.key:<40} gen{t.generation} {t.regime:<9} "
+            + " ".join(f"{k}={v}" for k, v in shown.items()))
     res = spec.resources
     say(f"{spec.name}: {len(trials)} trials ({len(spec.grid.strategies)} strategies x "
         f"{len(spec.grid.datasets)} datasets x {len(spec.grid.seeds)} seeds), "

@@ -34,6 +34,18 @@ def offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_VARS)
 
 
+@functools.lru_cache(maxsize=None)
+def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers at all (checked once per process), so a machine without network fails fast."""
+    if offline():
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -94,7 +106,7 @@ def cifar10(split: str, root: Path) -> Split:
     folder = _cifar_folder(root)
     missing = [f for f in CIFAR_FILES[split] if not (folder / f).exists()]
     if missing:
-        if offline():
+        if not reachable("www.cs.toronto.edu"):
             raise FileNotFoundError(
                 f"CIFAR-10 not found: put cifar-10-batches-py ({', '.join(missing)}) in {folder.parent} "
                 "(or pass --data-dir), or allow network access to download it"
@@ -141,7 +153,7 @@ def _need(folder: Path, files: list[str], what: str, hf: str) -> bool:
     missing = [f for f in files if not (folder / f).exists()]
     if not missing:
         return True
-    if offline():
+    if not reachable("huggingface.co"):
         raise FileNotFoundError(
             f"{what} files not found: put {', '.join(missing)} in {folder} (copies and provenance ship in "
             f"sweeps/data/), pass --data-dir, or allow network access to use {hf}"
@@ -323,9 +335,9 @@ def _to_split(table, train_table, where: str) -> Split:
 def hf_dataset(repo: str, config: str | None, split: str, *, text_column: str, label_column: str,
                text_column2: str | None = None, eval_split: str | None = None) -> Split:
     """A Hugging Face hub dataset (needs network or a warm local cache)."""
-    if offline():
+    if not reachable("huggingface.co"):
         raise FileNotFoundError(
-            f"Hugging Face dataset {repo!r} needs network access (offline mode is set); "
+            f"Hugging Face dataset {repo!r} needs network access (offline or no network here); "
             "use file:PATH with a local copy instead"
         )
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -66,21 +66,22 @@ def expand_strategies(items: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- the model
 
 
-class Strict(BaseModel):
-    """Unknown keys are errors that list the allowed ones (pydantic's own message does not)."""
+def _reject_unknown(data: Any, allowed: list[str]) -> Any:
+    """An unknown key is an error that lists the allowed ones (pydantic's own message does not)."""
+    if isinstance(data, dict):
+        unknown = [k for k in data if k not in allowed]
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    return data
 
+
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                raise ValueError(
-                    f"unknown key {unknown[0]!r}; allowed: {', '.join(cls.model_fields)}"
-                )
-        return data
+        return _reject_unknown(data, list(cls.model_fields))
 
 
 Scalar = bool | int | float | str
@@ -107,12 +108,7 @@ class TrialSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = [*trial_setting_keys(), "target"]
-            unknown = [k for k in data if k not in allowed]
-            if unknown:
-                raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
-        return data
+        return _reject_unknown(data, [*trial_setting_keys(), "target"])
 
     def merged(self, over: TrialSettings | None) -> TrialSettings:
         """These settings with `over`'s set fields on top (hp merged key by key)."""
@@ -203,7 +199,10 @@ class Spec(Strict):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     tracking: Tracking = Field(default_factory=Tracking)
     storage: str = Field(DEFAULT_STORAGE, description="Ray Tune storage path (local or URI)")
-    keep_checkpoints: int = Field(1, ge=1, description="per trial")
+    keep_checkpoints: int = Field(1, ge=1, description="per running trial")
+    keep_final_checkpoint: bool = Field(
+        False, description="keep a finished trial's last checkpoint (a fine-tuned encoder's is "
+                           "~270 MB: 270 of them fill a disk)")
 
     @model_validator(mode="after")
     def _overrides_in_grid(self) -> Spec:
@@ -298,8 +297,10 @@ class TrialSpec:
 def resolve_path(ref: str | Path) -> Path:
     """A spec path, or the bare name of a shipped spec (`quick` -> sweeps/specs/quick.yaml)."""
     path = Path(ref)
-    if path.exists():
+    if path.is_file():
         return path
+    if path.is_dir():
+        raise SpecError(f"{ref}: a folder, not a spec file")
     shipped = SPECS_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else ref}.yaml"
     if shipped.exists() and path.parent == Path("."):
         return shipped
@@ -328,9 +329,20 @@ def parse_spec(data: Any, source: str = "<spec>", *, check_trials: bool = True) 
             try:
                 trial.config()
             except ValueError as e:
-                where = f"datasets.{trial.dataset}" if trial.dataset in spec.datasets else "defaults"
+                where = _culprit(spec, trial)
                 raise SpecError(f"{source}: {where} (trial {trial.key}): {e}") from None
     return spec
+
+
+def _culprit(spec: Spec, trial: TrialSpec) -> str:
+    """Which section a setting the trainable rejected came from: the dataset's or `defaults`."""
+    if trial.dataset not in spec.datasets:
+        return "defaults"
+    try:
+        replace(trial, settings=spec.defaults).config()
+    except ValueError:
+        return "defaults"
+    return f"datasets.{trial.dataset}"
 
 
 def load_spec(ref: str | Path, *, check_trials: bool = True) -> tuple[Spec, Path]:

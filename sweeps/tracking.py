@@ -8,17 +8,20 @@ callback holds no state that Ray's pickled experiment would have to carry.
 
 from __future__ import annotations
 
-import math
+import sys
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from sweeps.run import final_status
 from sweeps.spec import DEFAULT_ARTIFACTS
 
 TAG_ROLE = "dals.role"  # "sweep" | "trial"
@@ -26,7 +29,8 @@ TAG_SWEEP = "dals.sweep_id"
 TAG_SPEC_HASH = "dals.spec_hash"
 TAG_KEY = "dals.trial_key"
 TAG_RAY_ID = "dals.ray_trial_id"
-TAG_STATUS = "dals.status"  # running | finished | diverged | failed | retrying
+# running | finished | diverged | stopped (by ASHA) | failed | retrying | interrupted
+TAG_STATUS = "dals.status"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 
@@ -112,8 +116,10 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _params(trial: dict[str, Any]) -> list[Param]:
-    """Labels (strategy, generation, dataset, regime, seed) + the trainable's config, flattened."""
+    """Labels (strategy, generation, dataset, regime, seed), every hyperparameter the strategy
+    runs with (`hp.NAME`) and the rest of the trainable's config, flattened."""
     flat: dict[str, Any] = dict(trial["labels"])
+    flat.update({f"hp.{k}": v for k, v in trial.get("hp", {}).items()})
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
@@ -127,14 +133,18 @@ def _params(trial: dict[str, Any]) -> list[Param]:
 
 
 class MlflowCallback(Callback):
-    """Ray Tune callback: child run per trial under the sweep's parent run."""
+    """Ray Tune callback: child run per trial under the sweep's parent run.
+
+    The hooks only copy what they need from the trial and queue the MLflow writes on one
+    background thread (in order), so a SQLite write (~20 ms) never stalls Tune's event loop.
+    `flush()` waits for the queue; the runner calls `flush_all()` after `Tuner.fit`.
+    """
 
     def __init__(self, store: Store, sweep_id: str):
         self.store, self.sweep_id = store, sweep_id
-        self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment
-        return {"store": self.store, "sweep_id": self.sweep_id, "_client": None}
+        return {"store": self.store, "sweep_id": self.sweep_id}
 
     def setup(self, **info: Any) -> None:
         self._client = self.store.client()
@@ -145,13 +155,30 @@ class MlflowCallback(Callback):
         self._parent_id = parent.info.run_id
         self._runs: dict[str, str] = {}  # Ray trial id -> child run id
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
+        self._warned = False
+        _LIVE.add(self)
 
-    # -- child runs
-    def _child(self, trial) -> str:
+    def _submit(self, job: Callable[..., None], *args: Any) -> None:
+        self._queue.submit(self._guarded, job, *args)
+
+    def _guarded(self, job: Callable[..., None], *args: Any) -> None:
+        try:
+            job(*args)
+        except Exception as e:  # tracking trouble must not stop a sweep; say so once
+            if not self._warned:
+                self._warned = True
+                print(f"dals: warning: MLflow logging failed: {e}", file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        if hasattr(self, "_queue"):
+            self._queue.submit(lambda: None).result()
+
+    # -- work on the logging thread
+    def _child(self, trial_id: str, spec: dict[str, Any]) -> str:
         """The trial's child run: the one it had (reopened) or a new one."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        spec = trial.config["trial"]
+        if trial_id in self._runs:
+            return self._runs[trial_id]
         client = self._client
         found = _search(client, self._exp_id, **{TAG_ROLE: "trial", TAG_SWEEP: self.sweep_id,
                                                  TAG_KEY: spec["key"]})
@@ -166,48 +193,57 @@ class MlflowCallback(Callback):
             run_id = client.create_run(self._exp_id, tags=tags, run_name=spec["slug"]).info.run_id
             client.log_batch(run_id, params=_params(spec))
             self._last_step[run_id] = 0
-        client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial.trial_id),
-                                       RunTag(TAG_STATUS, "running")])
-        self._runs[trial.trial_id] = run_id
+        client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial_id), RunTag(TAG_STATUS, "running")])
+        self._runs[trial_id] = run_id
         return run_id
 
-    def _end(self, trial, status: str) -> None:
-        run_id = self._child(trial)
-        self._client.set_tag(run_id, TAG_STATUS, status)
-        mlflow_status = "FAILED" if status == "failed" else "FINISHED"
-        self._client.set_terminated(run_id, mlflow_status)
-        self._runs.pop(trial.trial_id, None)
-
-    # -- Ray Tune hooks
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._child(trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self._child(trial)
+    def _log(self, trial_id: str, spec: dict[str, Any], result: dict[str, Any]) -> None:
+        run_id = self._child(trial_id, spec)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._last_step.get(run_id, 0):
             return  # an epoch re-run after a restore: its first report is already logged
         self._last_step[run_id] = step
         now = int(time.time() * 1000)
         values = {**epoch_metrics(result), "epoch": float(step)}
-        metrics = [Metric(k, v if math.isfinite(v) else float("nan"), now, step)
-                   for k, v in values.items()]
-        self._client.log_batch(run_id, metrics=metrics)
+        self._client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+
+    def _end(self, trial_id: str, spec: dict[str, Any], status: str) -> None:
+        run_id = self._child(trial_id, spec)
+        self._client.set_tag(run_id, TAG_STATUS, status)
+        self._client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+        self._runs.pop(trial_id, None)
+
+    def _tag(self, trial_id: str, spec: dict[str, Any], status: str) -> None:
+        self._client.set_tag(self._child(trial_id, spec), TAG_STATUS, status)
+
+    # -- Ray Tune hooks (event-loop thread): copy, queue, return
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._child, trial.trial_id, trial.config["trial"])
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._submit(self._log, trial.trial_id, trial.config["trial"], dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        last = trial.last_result or {}
-        self._end(trial, "diverged" if last.get("status") == "diverged" else "finished")
+        self._submit(self._end, trial.trial_id, trial.config["trial"],
+                     final_status((trial.last_result or {}).get("status")))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, "failed")
+        self._submit(self._end, trial.trial_id, trial.config["trial"], "failed")
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._client.set_tag(self._child(trial), TAG_STATUS, "retrying")
+        self._submit(self._tag, trial.trial_id, trial.config["trial"], "retrying")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.flush()
 
 
-def statuses(children: Iterable) -> dict[str, str]:
-    """Trial key -> status tag, for a sweep's child runs."""
-    return {r.data.tags.get(TAG_KEY, ""): r.data.tags.get(TAG_STATUS, "") for r in children}
+_LIVE: "weakref.WeakSet[MlflowCallback]" = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Wait until every live callback's queued MLflow writes are done."""
+    for callback in list(_LIVE):
+        callback.flush()
 
 
 def mark_interrupted(store: Store, sweep_id: str) -> None:

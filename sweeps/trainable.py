@@ -25,47 +25,39 @@ EVAL_SPLIT_SEED = 0  # eval subsets are the same rows for every trial seed
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
-_TEXT = {"max_train": None, "max_eval": None}
+def _row(epochs: int, batch_size: int, max_length: int | None, model: str | None) -> dict[str, Any]:
+    return {"epochs": epochs, "batch_size": batch_size, "max_train": None, "max_eval": None,
+            "max_length": max_length, "model": model}
+
+
+# The authors' code's settings (STRATEGIES.md), full data; CPU subsets come from the caller.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # The authors' code's settings (STRATEGIES.md); subsets for CPU come from the caller.
-    "synthetic": {"epochs": 80, "batch_size": 128, "max_train": None, "max_eval": None, "max_length": None,
-                  "model": "mlp"},
-    "synthetic-gmm": {"epochs": 80, "batch_size": 64, "max_train": None, "max_eval": None, "max_length": None,
-                      "model": "mlp:128,128"},
-    "cifar10": {"epochs": 50, "batch_size": 128, "max_train": None, "max_eval": None, "max_length": None,
-                "model": "cnn"},
-    "trec6": {"epochs": 10, "batch_size": 32, **_TEXT, "max_length": 128, "model": models.MINILM},
-    "trec6-scratch": {"epochs": 10, "batch_size": 64, **_TEXT, "max_length": 64, "model": "textcnn"},
-    "rte": {"epochs": 10, "batch_size": 32, **_TEXT, "max_length": 128, "model": models.MINILM},
-    "imdb": {"epochs": 5, "batch_size": 32, **_TEXT, "max_length": 256, "model": models.MINILM},
-    # user data (file:PATH, hf:ID); the model follows the regime when not given
-    "file:": {"epochs": 5, "batch_size": 32, **_TEXT, "max_length": 128, "model": None},
-    "hf:": {"epochs": 5, "batch_size": 32, **_TEXT, "max_length": 128, "model": None},
+    "synthetic": _row(80, 128, None, "mlp"),
+    "synthetic-gmm": _row(80, 64, None, "mlp:128,128"),
+    "cifar10": _row(50, 128, None, "cnn"),
+    "trec6": _row(10, 32, 128, models.MINILM),
+    "trec6-scratch": _row(10, 64, 64, "textcnn"),
+    "rte": _row(10, 32, 128, models.MINILM),
+    "imdb": _row(5, 32, 256, models.MINILM),
+    # user data (file:PATH, hf:ID): the model follows the regime when not given
+    "file:": _row(5, 32, 128, None),
+    "hf:": _row(5, 32, 128, None),
 }
 REGIME_MODEL = {"scratch": "textcnn", "finetune": models.MINILM}
 REGIMES = ("scratch", "finetune")
 
-# Fine-tuning rates of the paper (STRATEGIES.md): SGD family 5e-4, Adam family 5e-5 (TREC: 3e-4 / 3e-5),
-# weight decay 0.01, DALS warmup 0.1 (DALS-Fast: 2x the SGD rate, warmup 0.05). Lion gets a third of the
-# Adam rate (its scratch default is a third of Adam's too); AdaBound's final rate is the SGD rate.
-ADAM_FAMILY = ("adam", "adamw", "radam", "lookahead-adamw", "adabound", "lion")
+# dalsopt.make(regime="finetune") holds the paper's fine-tuning rates (SGD family 5e-4, Adam family 5e-5);
+# the paper used 3e-4 / 3e-5 on TREC-6, i.e. 0.6 x those, applied here unless the config sets lr.
+TREC_FINETUNE_LR_SCALE = 0.6
 
 
-def finetune_hp(strategy: str, dataset: str) -> dict[str, float]:
-    """Default hyperparameters when fine-tuning a pretrained encoder (the paper's settings)."""
-    sgd_lr, adam_lr = (3e-4, 3e-5) if dataset.startswith("trec6") else (5e-4, 5e-5)
-    hp: dict[str, float] = {"weight_decay": 0.01}
-    if strategy in ADAM_FAMILY:
-        hp["lr"] = adam_lr / 3 if strategy == "lion" else adam_lr
-        if strategy == "adabound":
-            hp["final_lr"] = sgd_lr
-    elif strategy == "dals-fast":
-        hp.update(lr=2 * sgd_lr, warmup_frac=0.05)
-    else:
-        hp["lr"] = sgd_lr
-        if strategy == "dals":
-            hp["warmup_frac"] = 0.1
-    return hp
+def dataset_hp(strategy: str, dataset: str, regime: str) -> dict[str, float]:
+    """Dataset-specific defaults on top of dalsopt's per-regime ones (only TREC-6 fine-tuning has any)."""
+    import dalsopt
+
+    if regime == "finetune" and dataset in ("trec6", "trec6-scratch"):
+        return {"lr": dalsopt.resolve(strategy, "finetune")["lr"] * TREC_FINETUNE_LR_SCALE}
+    return {}
 
 
 CONFIG_KEYS = ("strategy", "dataset", "seed", "epochs", "batch_size", "hp", "max_train", "max_eval",
@@ -156,25 +148,27 @@ def _regime_from_model(model: Any, kind: str) -> str | None:
 def _check_strategy(name: Any) -> None:
     import dalsopt
 
-    known = list(dalsopt.names())
+    try:
+        known = list(dalsopt.names(presets=True))  # tuned presets ("dals@trec6") are strategies too
+    except TypeError:
+        known = list(dalsopt.names())
     if name not in known:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(known)}")
 
 
 def _check_hp(cfg: dict, kind: str) -> dict[str, Any]:
-    """Fine-tuning defaults under the given hp; each value a number/bool/str; dalsopt vets names and ranges."""
+    """Dataset defaults under the given hp; each value a number/bool/str/list; dalsopt vets names and ranges."""
     hp = cfg["hp"]
     if not isinstance(hp, dict) or not all(isinstance(k, str) for k in hp):
         raise ValueError(f"hp must be a mapping of names to values, got {hp!r}")
     for k, v in hp.items():
-        if not isinstance(v, (int, float, bool, str)):
-            raise ValueError(f"hp {k} must be a number, bool or string, got {v!r}")
-    full = {**(finetune_hp(cfg["strategy"], cfg["dataset"]) if cfg["regime"] == "finetune" else {}), **hp}
+        if not isinstance(v, (int, float, bool, str, list, tuple)):
+            raise ValueError(f"hp {k} must be a number, bool, string or list, got {v!r}")
+    full = {**dataset_hp(cfg["strategy"], cfg["dataset"], cfg["regime"]), **hp}
     import dalsopt
 
-    try:  # a two-parameter probe: bad names and values fail now, not minutes into data loading
-        dalsopt.make(cfg["strategy"], torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
-                     total_steps=10, **full)
+    try:  # bad names and values fail now, not minutes into data loading
+        dalsopt.resolve(cfg["strategy"], cfg["regime"], **full)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad hyperparameters for {cfg['strategy']}: {_one_line(exc)}") from None
     return full
@@ -219,7 +213,9 @@ class Trial:
                                   num_classes=train.num_classes, **extra).to(self.device)
         self.steps_per_epoch = math.ceil(len(self.train_y) / cfg["batch_size"])
         self.total_steps = cfg["epochs"] * self.steps_per_epoch
-        self.strategy = dalsopt.make(cfg["strategy"], self.model, total_steps=self.total_steps, **cfg["hp"])
+        self.strategy = dalsopt.make(cfg["strategy"], self.model, total_steps=self.total_steps,
+                                     regime=cfg["regime"], **cfg["hp"])
+        self.hyperparameters = dalsopt.resolve(cfg["strategy"], cfg["regime"], **cfg["hp"])  # all, for logging
         self._block_groups = _bottom_top(self.strategy.optimizer.param_groups)
         self.history: list[dict[str, Any]] = []
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from sweeps.spec import DEFAULT_ARTIFACTS, Spec
@@ -25,7 +27,7 @@ def store_uri(spec: Spec | None, uri: str | None) -> str:
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
     """The `mlflow ui` command line for `uri` (artifacts of new experiments beside a local store)."""
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
-           "--backend-store-uri", uri]
+           "--backend-store-uri", uri, "--workers", "1"]
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         cmd += ["--default-artifact-root", Path(DEFAULT_ARTIFACTS).resolve().as_uri()]
     return cmd
@@ -35,11 +37,25 @@ def address(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> bool:
+    """Poll `url` until it answers (True), the process exits or time runs out (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def serve(uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, say=print) -> int:
-    """Run the UI in the foreground until Ctrl+C; returns its exit code."""
+    """Run the UI in the foreground until Ctrl+C, printing its address once it answers."""
+    say(f"starting the MLflow UI for {uri} ...", flush=True)
     proc = subprocess.Popen(ui_command(uri, host, port))
-    say(f"MLflow UI for {uri} at {address(host, port)} (Ctrl+C stops it)", flush=True)
     try:
+        if wait_until_up(address(host, port), proc):
+            say(f"MLflow UI: {address(host, port)} (Ctrl+C stops it)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()

@@ -1,0 +1,104 @@
+"""Submitting to a cluster without one: the shared-storage check, submission ids, the runtime env,
+the job's entry point and the command wiring."""
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+import pytest
+from ray.job_submission import JobStatus
+
+from sweeps import jobs
+from sweeps.shared_storage import (check_storage_for_address, check_tracking_for_address,
+                                   is_remote_address)
+
+REMOTE = "http://head.example.com:8265"
+
+
+@pytest.mark.parametrize("address,remote", [
+    (None, False), ("", False), ("auto", False), ("local", False), ("127.0.0.1:6379", False),
+    ("http://127.0.0.1:8265", False), ("http://localhost:8265", False), ("ray://[::1]:10001", False),
+    (REMOTE, True), ("10.0.0.5:6379", True), ("ray://head:10001", True),
+])
+def test_remote_addresses(address, remote):
+    assert is_remote_address(address) is remote
+
+
+def test_local_storage_is_refused_for_a_remote_cluster_only(monkeypatch, tmp_path):
+    monkeypatch.delenv("DALS_SHARED_STORAGE", raising=False)
+    check_storage_for_address("dals-runs", None)
+    check_storage_for_address("dals-runs", "http://127.0.0.1:8265")
+    check_storage_for_address("s3://bucket/runs", REMOTE)
+    check_storage_for_address("gs://bucket/runs", REMOTE)
+    with pytest.raises(ValueError, match=r"^storage: 'dals-runs' is a local path.*--shared-storage") as err:
+        check_storage_for_address("dals-runs", REMOTE)
+    assert "\n" not in str(err.value)
+    check_storage_for_address(str(tmp_path / "runs"), REMOTE, shared=[str(tmp_path)])
+    monkeypatch.setenv("DALS_SHARED_STORAGE", f"/elsewhere:{tmp_path}")
+    check_storage_for_address(str(tmp_path / "a" / "b"), REMOTE)
+    with pytest.raises(ValueError):
+        check_storage_for_address(str(tmp_path) + "-not-below", REMOTE)
+
+
+def test_file_tracking_is_refused_for_a_remote_cluster():
+    check_tracking_for_address(None, None)
+    check_tracking_for_address("http://mlflow:5000", REMOTE)
+    for uri in (None, "sqlite:///mlflow.db", "file:///tmp/mlruns", "mlruns"):
+        with pytest.raises(ValueError, match="^tracking.uri: .*MLflow server"):
+            check_tracking_for_address(uri, REMOTE)
+
+
+def job(sid: str, status: JobStatus) -> SimpleNamespace:
+    return SimpleNamespace(submission_id=sid, status=status)
+
+
+def test_submission_ids_number_reruns_and_refuse_a_running_spec():
+    base = "dals-sweep-quick-0123abcd"
+    assert jobs.next_submission_id([], base) == base
+    assert jobs.next_submission_id([job(base, JobStatus.SUCCEEDED)], base) == f"{base}-2"
+    done = [job(base, JobStatus.FAILED), job(f"{base}-2", JobStatus.STOPPED),
+            job("dals-sweep-quick-0123abcd-x", JobStatus.RUNNING), job("other", JobStatus.RUNNING)]
+    assert jobs.next_submission_id(done, base) == f"{base}-3"
+    with pytest.raises(ValueError, match=rf"^{base}-2 for this spec is still running; .*dals jobs stop {base}-2"):
+        jobs.next_submission_id([job(base, JobStatus.SUCCEEDED), job(f"{base}-2", JobStatus.RUNNING)], base)
+    with pytest.raises(ValueError, match="still pending"):
+        jobs.next_submission_id([job(base, JobStatus.PENDING)], base)
+
+
+def test_runtime_env_uploads_the_checkout_without_environments_or_run_state():
+    env = jobs.runtime_env("name: x\n", {"A": "1"})
+    assert env["working_dir"] == str(jobs.repo_root())
+    assert {".venv", ".git", "/mlruns", "/dals-runs", "/results"} <= set(env["excludes"])
+    assert env["env_vars"] == {"A": "1", jobs.SPEC_ENV: "name: x\n"}
+
+
+def test_the_job_runs_the_carried_spec(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("sweeps.cli.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setenv(jobs.SPEC_ENV, "name: carried\n")
+    assert jobs.job_main(["sweep", "my spec.yaml", "--fresh"]) == 0
+    kind, action, path, *rest = seen["argv"]
+    assert (kind, action, rest) == ("sweep", "run", ["--fresh"])
+    assert path.endswith("/my spec.yaml") and open(path).read() == "name: carried\n"
+    assert jobs.entrypoint("sweep", __import__("pathlib").Path("/x/my spec.yaml"), ["--fresh"]) == \
+        "python -m sweeps.jobs sweep 'my spec.yaml' --fresh"
+
+
+def test_commands_attach_to_dals_sweep():
+    from sweeps.cli import build_parser
+
+    parser = build_parser()
+    sub = jobs._actions(parser)
+    if "jobs" not in sub.choices:  # until sweeps/cli.py wires jobs.register
+        jobs.register(sub)
+    args = parser.parse_args(["sweep", "submit", "quick", "--address", REMOTE, "--shared-storage", "/mnt"])
+    assert (args.func, args.kind, args.address, args.shared_storage) == (jobs._submit, "sweep", REMOTE, ["/mnt"])
+    assert parser.parse_args(["jobs", "logs", "J", "--follow"]).follow
+    with pytest.raises(RuntimeError, match="after `dals sweep`"):
+        jobs.register(argparse.ArgumentParser().add_subparsers())
+
+
+def test_submitting_a_local_path_to_a_remote_cluster_fails_before_any_connection(monkeypatch):
+    monkeypatch.delenv("DALS_SHARED_STORAGE", raising=False)
+    with pytest.raises(ValueError, match="^storage: 'dals-runs' is a local path"):
+        jobs.submit("sweep", "quick", REMOTE)

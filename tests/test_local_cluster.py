@@ -1,0 +1,141 @@
+"""The cluster path end to end on this machine: scripts/local_cluster.py starts PostgreSQL, an MLflow
+server on it, a Ray head and a second Ray node; sweeps go in through the Ray Jobs API (`dals sweep
+submit`) and must run on both nodes and be tracked on the server. The cluster is stopped even when a
+test fails (the fixture's `finally`, and `stop` works on a half-started cluster too)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps import jobs, tracking
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "local_cluster.py"
+JOB_TIMEOUT_S = 300
+
+
+def dals(*argv: str) -> int:
+    """`dals ARGV`, with the jobs commands added if sweeps/cli.py does not wire them (yet)."""
+    from sweeps.cli import build_parser
+
+    parser = build_parser()
+    sub = jobs._actions(parser)
+    if "jobs" not in sub.choices:
+        jobs.register(sub)
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short folder: Ray's unix sockets live below it (107-byte limit).
+    root = Path(tempfile.mkdtemp(prefix="dals-lc-", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # as the local cluster runs; a stray ~/.ray token is ignored
+        mp.delenv("RAY_ADDRESS", raising=False)
+        try:
+            started = subprocess.run([sys.executable, str(SCRIPT), "start", "--dir", str(root)],
+                                     capture_output=True, text=True, timeout=300)
+            if started.returncode:
+                pytest.fail(f"the local cluster did not start: {started.stderr[-4000:]}", pytrace=False)
+            yield json.loads(started.stdout)
+        finally:
+            subprocess.run([sys.executable, str(SCRIPT), "stop", "--dir", str(root)], timeout=180)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def finish(job_id: str, address: str) -> tuple[str, str]:
+    """Wait for a job; returns (status, logs)."""
+    client = jobs.client(address)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (status := client.get_job_status(job_id)).is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+    return status.value, client.get_job_logs(job_id)
+
+
+def trial_nodes(address: str, job_id: str) -> set[str]:
+    """Node ids where the job's Ray Tune trial actors ran (dead ones included)."""
+    from ray.util.state import list_actors
+
+    ray_job = jobs.client(address).get_job_info(job_id).job_id
+    actors = list_actors(address=address, filters=[("job_id", "=", ray_job)], detail=True, limit=1000)
+    return {a.node_id for a in actors if a.class_name == "ImplicitFunc"}
+
+
+def node_ids(address: str) -> dict[str, str]:
+    """'head' / 'worker' -> node id, told apart by the custom resource each node was started with."""
+    from ray.util.state import list_nodes
+
+    out = {}
+    for node in list_nodes(address=address, detail=True):
+        for role in ("head", "worker"):
+            if f"dals_{role}" in node.resources_total:
+                out[role] = node.node_id
+    return out
+
+
+def test_a_job_sees_both_nodes(cluster):
+    client = jobs.client(cluster["dashboard"])
+    job_id = client.submit_job(entrypoint="python -c \"import ray; ray.init(); print(sorted(ray.cluster_resources()))\"")
+    status, logs = finish(job_id, cluster["dashboard"])
+    assert status == "SUCCEEDED", logs
+    assert "'dals_head'" in logs and "'dals_worker'" in logs
+
+
+def test_submitted_sweep_runs_on_both_nodes_and_is_tracked_on_the_server(cluster, tmp_path):
+    spec = tmp_path / "cluster-e2e.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        name: cluster-e2e
+        grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
+        defaults: {{epochs: 2, max_train: 1000, max_eval: 500}}
+        resources: {{cpu: 1}}
+        tracking: {{uri: "{cluster['mlflow']}", experiment: cluster-e2e}}
+        storage: {tmp_path / 'runs'}
+    """))
+    address = cluster["dashboard"]
+    assert dals("sweep", "submit", str(spec), "--address", address) == 0
+    job_id = next(j.submission_id for j in jobs.client(address).list_jobs()
+                  if (j.metadata or {}).get(jobs.META_SPEC) == "cluster-e2e")
+    with pytest.raises(ValueError, match="still (pending|running)"):  # same spec while it runs
+        dals("sweep", "submit", str(spec), "--address", address)
+
+    status, logs = finish(job_id, address)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "4/4 finished, 0 failed" in logs
+
+    # Ray: trials ran on the head and on the worker node
+    assert trial_nodes(address, job_id) == set(node_ids(address).values())
+
+    # MLflow on PostgreSQL: the parent run, one child per trial under it, the report as artifacts
+    store = tracking.Store(cluster["mlflow"], "cluster-e2e")
+    client = store.client()
+    exp_id = store.experiment_id(client)
+    parents = client.search_runs([exp_id], f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    _, children = tracking.sweep_runs(store, parent.data.tags[tracking.TAG_SWEEP])
+    assert sorted(c.data.tags[tracking.TAG_KEY] for c in children) == [
+        "adam/synthetic/0", "adam/synthetic/1", "sgd/synthetic/0", "sgd/synthetic/1"]
+    assert all(c.data.tags[tracking.PARENT] == parent.info.run_id and c.info.status == "FINISHED"
+               for c in children)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.md" in logged
+    assert cluster["mlflow_backend"].startswith("postgresql://")
+
+
+def test_tune_submit_records_every_trial_once(cluster, tmp_path):
+    try:
+        jobs.check_runnable("tune")
+    except ValueError as exc:
+        pytest.xfail(f"Optuna tuning is not built yet: {exc}")
+    pytest.fail("`dals tune run` exists now: write this test (tune spec on "
+                f"{cluster['optuna_storage']}, max_concurrent_trials 2, every trial recorded once)")

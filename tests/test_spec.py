@@ -1,0 +1,135 @@
+"""Sweep specs: shipped specs load, lists expand, and every broken spec is one line naming file and key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import dalsopt
+from sweeps import cli
+from sweeps.spec import SPECS_DIR, SpecError, expand_strategies, load_spec
+
+GOOD = """
+name: tiny
+grid:
+  strategies: [sgd, gen6]
+  datasets: [synthetic]
+  seeds: 2
+defaults: {epochs: 2, max_train: 500}
+datasets:
+  synthetic: {target: 0.9, hp: {lr: 0.05}}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("name", ["quick", "paper", "paper-cpu"])
+def test_shipped_specs_load_with_all_18_strategies(name):
+    spec, path = load_spec(name)
+    assert path == SPECS_DIR / f"{name}.yaml"
+    assert spec.grid.strategies == dalsopt.names()
+    assert len(spec.trials()) == 18 * len(spec.grid.datasets) * len(spec.grid.seeds)
+
+
+def test_quick_is_one_seed_of_synthetic():
+    spec, _ = load_spec("quick")
+    assert (spec.grid.datasets, spec.grid.seeds, len(spec.trials())) == (["synthetic"], [0], 18)
+
+
+def test_strategy_lists_expand_ids_generations_and_all():
+    gens = dalsopt.GENERATIONS
+    assert expand_strategies(["all"]) == dalsopt.names()
+    assert expand_strategies(["gen3"]) == [n for n in dalsopt.names() if gens[n] == 3]
+    # registry order, duplicates dropped
+    assert expand_strategies(["dals", "sgd", "gen1"]) == ["sgd", "dals"]
+
+
+def test_trials_carry_labels_settings_and_a_valid_config(tmp_path):
+    spec, _ = load_spec(write(tmp_path, GOOD))
+    trials = spec.trials()
+    assert [t.key for t in trials][:2] == ["sgd/synthetic/0", "sgd/synthetic/1"]
+    assert {t.strategy for t in trials} == {"sgd", *[n for n, g in dalsopt.GENERATIONS.items() if g == 6]}
+    first = trials[0]
+    assert first.labels() == {"strategy": "sgd", "generation": 1, "dataset": "synthetic",
+                              "regime": "scratch", "seed": 0}
+    config = first.config()
+    assert (config["epochs"], config["max_train"], config["hp"]["lr"]) == (2, 500, 0.05)
+    assert spec.targets() == {"synthetic": 0.9}
+
+
+def test_digest_ignores_comments_and_key_order(tmp_path):
+    a, _ = load_spec(write(tmp_path, GOOD, "a.yaml"))
+    reordered = "# a comment\n" + GOOD.replace("defaults: {epochs: 2, max_train: 500}",
+                                               "defaults: {max_train: 500, epochs: 2}")
+    b, _ = load_spec(write(tmp_path, reordered, "b.yaml"))
+    c, _ = load_spec(write(tmp_path, GOOD.replace("epochs: 2", "epochs: 3"), "c.yaml"))
+    assert a.digest == b.digest != c.digest
+
+
+BROKEN = {
+    # name: (replace this, with this), words the one-line error must contain
+    "typo top-level key": (("grid:", "gird:"), ["gird", "allowed", "grid"]),
+    "typo grid key": (("  seeds: 2", "  seed: 2"), ["grid", "'seed'", "allowed", "seeds"]),
+    "unknown strategy": (("[sgd, gen6]", "[sgd, dalz]"), ["grid.strategies", "dalz", "allowed", "dals-fast", "gen6", "all"]),
+    "unknown generation": (("[sgd, gen6]", "[gen9]"), ["grid.strategies", "gen9", "allowed"]),
+    "unknown dataset": (("[synthetic]", "[synthetik]"), ["grid.datasets", "synthetik", "cifar10"]),
+    "typo per-dataset key": (("{target: 0.9,", "{targte: 0.9,"), ["datasets.synthetic", "targte", "allowed", "max_train"]),
+    "override for a dataset not in the grid": (("  synthetic: {target", "  cifar10: {target"), ["datasets", "cifar10", "grid.datasets"]),
+    "bad epochs range": (("epochs: 2", "epochs: 0"), ["defaults", "epochs", "positive"]),
+    "bad hyperparameter": (("lr: 0.05", "lrr: 0.05"), ["datasets.synthetic", "lrr"]),
+    "zero cpus": (("seeds: 2", "seeds: 2\nresources: {cpu: 0}"), ["resources.cpu", "greater than 0"]),
+    "negative seed": (("seeds: 2", "seeds: [0, -1]"), ["grid.seeds", ">= 0"]),
+    "bad mode": (("name: tiny", "name: tiny\nmode: maximum"), ["mode", "'max'", "'min'"]),
+    "unknown metric": (("name: tiny", "name: tiny\nmetric: accuracy"), ["metric", "eval_accuracy"]),
+    "bad scheduler": (("name: tiny", "name: tiny\nscheduler: {type: hyperband}"), ["scheduler.type", "asha"]),
+    "bad name": (("name: tiny", "name: 'a b'"), ["name", "pattern"]),
+    "missing name": (("name: tiny\n", ""), ["name", "required"]),
+    "not yaml": (("name: tiny", "name: [tiny"), ["not valid YAML"]),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_broken_spec_is_one_line_naming_file_and_key(tmp_path, case):
+    (old, new), words = BROKEN[case]
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_spec_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(SpecError, match="a spec is a mapping"):
+        load_spec(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_missing_spec_names_the_shipped_ones():
+    with pytest.raises(SpecError, match="no such spec file.*quick"):
+        load_spec("no-such-spec")
+
+
+def test_cli_prints_one_error_line_and_exits_2(tmp_path, capsys):
+    path = write(tmp_path, GOOD.replace("[synthetic]", "[synthetik]"))
+    assert cli.main(["sweep", "run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dals: error: ") and "Traceback" not in err
+    assert "synthetik" in err and str(path) in err
+
+
+def test_cli_dry_run_lists_the_trials(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", "run", str(write(tmp_path, GOOD)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sgd/synthetic/1" in out and "dals-acc/synthetic/0" in out
+    assert "tiny: 10 trials (5 strategies x 1 datasets x 2 seeds)" in out
+    assert not (tmp_path / "dals-runs").exists()

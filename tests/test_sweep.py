@@ -1,0 +1,198 @@
+"""Real local Ray sweeps on `synthetic`: every trial reported and tracked once, and resume after Ctrl+C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import dalsopt
+from sweeps import tracking
+from sweeps.run import experiment_dir, read_meta, run_sweep, trial_entry
+from sweeps.spec import load_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_spec(folder: Path, text: str) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def trial_results(folder: str) -> dict[str, list[dict]]:
+    """Trial key -> the result rows Ray wrote for it."""
+    out = {}
+    for result in Path(folder).glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        if rows:
+            out[rows[0]["config"]["trial"]["key"]] = rows
+    return out
+
+
+def mlflow_runs(folder: str):
+    meta = read_meta(folder)
+    return tracking.sweep_runs(tracking.Store(meta.tracking_uri, meta.experiment), meta.sweep_id)
+
+
+def metric_steps(folder: str, run, key: str = "eval_accuracy") -> list[int]:
+    meta = read_meta(folder)
+    client = tracking.Store(meta.tracking_uri, meta.experiment).client()
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    import ray
+
+    ray.shutdown()
+
+
+def test_sweep_reports_tracks_and_reports_every_trial(in_tmp):
+    path = write_spec(in_tmp, """
+        name: e2e
+        grid: {strategies: [sgd, adam, dals], datasets: [synthetic], seeds: [0, 1]}
+        defaults: {epochs: 2, max_train: 1000, max_eval: 500}
+        datasets: {synthetic: {target: 0.8, hp: {weight_decay: 0.0}}}
+    """)
+    spec, _ = load_spec(path)
+    outcome = run_sweep(spec, path, num_cpus=2)
+    folder = experiment_dir(spec)
+    assert outcome.complete and (outcome.total, outcome.finished, outcome.failed) == (6, 6, 0)
+
+    # Ray: every trial reported both epochs
+    results = trial_results(folder)
+    assert sorted(results) == sorted(t.key for t in spec.trials())
+    assert all([r["epoch"] for r in rows] == [1, 2] for rows in results.values())
+    assert not list(Path(folder).glob("*/checkpoint_*"))  # finished trials' checkpoints dropped
+
+    # MLflow: one parent, one child per trial, right params, per-epoch metrics, status tag
+    parent, children = mlflow_runs(folder)
+    assert parent is not None and parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.TAG_SPEC_HASH] == spec.digest
+    assert len(children) == 6
+    assert sorted(c.data.tags[tracking.TAG_KEY] for c in children) == sorted(results)
+    for child in children:
+        params, tags = child.data.params, child.data.tags
+        strategy = params["strategy"]
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags[tracking.TAG_STATUS] == "finished" and child.info.status == "FINISHED"
+        assert params["generation"] == str(dalsopt.GENERATIONS[strategy])
+        assert (params["dataset"], params["regime"], params["epochs"]) == ("synthetic", "scratch", "2")
+        assert params["seed"] in ("0", "1") and params["hp.weight_decay"] == "0.0"
+        assert set(dalsopt.resolve(strategy)) <= {k[3:] for k in params if k.startswith("hp.")}
+        assert metric_steps(folder, child) == [1, 2]
+        assert set(child.data.metrics) >= {"train_loss", "eval_loss", "lr_bottom", "lr_top", "seconds"}
+
+    # report: one ranked row per strategy, logged to the parent run with the spec
+    report = Path(outcome.report)
+    text = report.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "`" in line.split("|")[2]]
+    assert sorted(r.split("`")[1] for r in rows if "synthetic" not in r) == ["adam", "dals", "sgd"]
+    assert "Regime winners" in text and "epochs to eval_accuracy >= 0.8" in text
+    assert (report.parent / "curves-synthetic.png").stat().st_size > 1000
+    client = tracking.Store(spec.tracking_uri(), spec.experiment()).client()
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/curves-synthetic.png"} <= logged
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "spec")] == ["spec/spec.yaml"]
+
+
+def start(spec: Path, cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)],
+                            cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def finished_keys(folder: str) -> set[str]:
+    return {k for k, rows in trial_results(folder).items() if rows[-1]["status"] == "finished"}
+
+
+def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
+    epochs = 5
+    path = write_spec(tmp_path, f"""
+        name: resume
+        grid: {{strategies: [sgd, cosine], datasets: [synthetic], seeds: [0, 1]}}
+        defaults: {{epochs: {epochs}}}
+        resources: {{cpu: 1, max_concurrent: 1}}
+    """)
+    spec, _ = load_spec(path)
+    folder = str(tmp_path / "dals-runs" / "resume")
+
+    first = start(path, tmp_path, tmp_path / "first.log")
+    deadline = time.monotonic() + 180
+    while not finished_keys(folder) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()
+    log = (tmp_path / "first.log").read_text()
+    done_before = finished_keys(folder)
+    assert 1 <= len(done_before) < 4
+    assert f"interrupted: {len(done_before)}/4 finished" in log and "Traceback" not in log
+    before = {k: rows for k, rows in trial_results(folder).items() if k in done_before}
+
+    second = start(path, tmp_path, tmp_path / "second.log")
+    assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()
+    log = (tmp_path / "second.log").read_text()
+    assert f"resuming, {len(done_before)} finished before" in log
+
+    after = trial_results(folder)
+    assert sorted(after) == sorted(t.key for t in spec.trials())
+    for key, rows in after.items():
+        assert sorted({r["epoch"] for r in rows}) == list(range(1, epochs + 1)), key
+        assert rows[-1]["status"] == "finished"
+        if key in before:  # not trained again: Ray wrote nothing more for it
+            assert rows == before[key]
+
+    parent, children = mlflow_runs(folder)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4  # the resumed trial continued its own run
+    for child in children:
+        assert child.data.tags[tracking.TAG_STATUS] == "finished"
+        assert metric_steps(folder, child) == list(range(1, epochs + 1))
+
+
+def test_failed_trial_is_tracked_reported_and_exits_1(in_tmp, capsys):
+    path = write_spec(in_tmp, """
+        name: failing
+        grid: {strategies: [sgd], datasets: [synthetic, "file:/no/such/table.csv"], seeds: [0]}
+        defaults: {epochs: 1, max_train: 500}
+        failure: {max_retries: 0}
+    """)
+    from sweeps import cli
+
+    assert cli.main(["sweep", "run", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1/2 finished, 1 failed" in out
+    spec, _ = load_spec(path)
+    parent, children = mlflow_runs(experiment_dir(spec))
+    status = {c.data.tags[tracking.TAG_KEY]: (c.data.tags[tracking.TAG_STATUS], c.info.status)
+              for c in children}
+    assert status == {"sgd/synthetic/0": ("finished", "FINISHED"),
+                      "sgd/file:/no/such/table.csv/0": ("failed", "FAILED")}
+    report = (in_tmp / "results" / "failing" / "report.md").read_text()
+    assert "2 trials: 1 failed, 1 finished" in report
+
+
+def test_asha_scheduler_from_the_spec(tmp_path):
+    from sweeps.run import _scheduler
+
+    path = write_spec(tmp_path, """
+        name: asha
+        grid: {strategies: [sgd, adam], datasets: [synthetic], seeds: [0]}
+        defaults: {epochs: 6}
+        scheduler: {type: asha, grace_period: 2, reduction_factor: 3}
+    """)
+    spec, _ = load_spec(path)
+    asha = _scheduler(spec, [trial_entry(t) for t in spec.trials()])
+    assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("epoch", 6, 3)
+    assert asha._brackets[0]._rungs[-1][0] == 2  # the first rung is at the grace period
