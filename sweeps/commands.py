@@ -32,6 +32,8 @@ def _sweep_run(args: argparse.Namespace) -> int:
         print(f"sweep {spec.name} interrupted: {summary}; run the same command again to resume")
         return EXIT_INTERRUPTED
     print(f"sweep {spec.name} done: {summary}")
+    if spec.tracking.enabled:
+        print(f"browse: `dals ui` (MLflow store {spec.tracking_uri()}, experiment {spec.experiment()!r})")
     return EXIT_FAILED_TRIALS if outcome.failed else 0
 
 
