@@ -100,34 +100,26 @@ def test_dals_state_dict_carries_phase_and_loss_ema():
     assert monitors[0]["ema"] is not None and monitors[0]["phase"] in (0, 1, 2)
 
 
-def test_dals_with_everything_off_is_sgd_momentum():
-    """DALS with filter, trust and decay off and a constant schedule equals torch's SGD with momentum."""
+@pytest.mark.parametrize(
+    "transforms, hp",
+    [
+        # DALS's tail (coupled decay + momentum) with filter and trust left out and a constant rate
+        ([CoupledDecay(), Momentum()], dict(lr=0.05, momentum=0.9, weight_decay=0.0)),
+        # the Grokfast filter with lambda 0 is the identity
+        ([GrokfastEMA(0.98, 0.0), CoupledDecay(), Momentum()], dict(lr=0.03, momentum=0.9, weight_decay=5e-4)),
+    ],
+    ids=["decay+momentum", "grokfast-lambda0"],
+)
+def test_chain_reduces_to_torch_sgd_bit_for_bit(transforms, hp):
     model_a, model_b = mlp(), mlp()
-    ours = Chain(model_a.parameters(), [CoupledDecay(), Momentum()], lr=0.05, momentum=0.9, weight_decay=0.0)
-    ref = torch.optim.SGD(model_b.parameters(), lr=0.05, momentum=0.9)
-    data = problem()
+    ours = Chain(model_a.parameters(), transforms, **hp)
+    ref = torch.optim.SGD(model_b.parameters(), **hp)
+    x, y = problem()
     lossf = nn.CrossEntropyLoss()
     for _ in range(10):
         for model, opt in ((model_a, ours), (model_b, ref)):
             opt.zero_grad()
-            lossf(model(data[0]), data[1]).backward()
-            opt.step()
-    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
-        assert torch.equal(pa, pb)
-
-
-def test_grokfast_with_lambda_zero_is_sgd():
-    """The Grokfast filter with lambda 0 is the identity: the chain is then torch's SGD, bit for bit."""
-    model_a, model_b = mlp(), mlp()
-    ours = Chain(model_a.parameters(), [GrokfastEMA(0.98, 0.0), CoupledDecay(), Momentum()], lr=0.03,
-                 momentum=0.9, weight_decay=5e-4)
-    ref = torch.optim.SGD(model_b.parameters(), lr=0.03, momentum=0.9, weight_decay=5e-4)
-    data = problem()
-    lossf = nn.CrossEntropyLoss()
-    for _ in range(10):
-        for model, opt in ((model_a, ours), (model_b, ref)):
-            opt.zero_grad()
-            lossf(model(data[0]), data[1]).backward()
+            lossf(model(x), y).backward()
             opt.step()
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(pa, pb)
