@@ -96,6 +96,13 @@ def register_ui(subparsers: argparse._SubParsersAction) -> None:
     ui.set_defaults(func=_ui)
 
 
+def _register_tune(subparsers: argparse._SubParsersAction) -> None:
+    """`dals tune run` and `dals tune export` (sweeps/tune_cli.py)."""
+    from sweeps import tune_cli
+
+    tune_cli.register(subparsers)
+
+
 def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
     """Ray Jobs submission (`dals sweep submit`, `dals jobs ...`): after `sweep`, whose parser it extends."""
     from sweeps import jobs
@@ -103,4 +110,4 @@ def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
     jobs.register(subparsers)
 
 
-REGISTER = [register_sweep, register_report, register_ui, _register_jobs]
+REGISTER = [register_sweep, register_report, register_ui, _register_tune, _register_jobs]

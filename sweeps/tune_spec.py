@@ -1,0 +1,256 @@
+"""Tuning specs: a YAML file with a `tune:` section -> a validated, strict `TuneSpec`.
+
+Like sweep specs (sweeps/spec.py), every mistake is one `SpecError` line naming the file and the
+key: a bad range, `log` with a non-positive bound, a parameter the strategy does not have. Nothing
+here imports Ray, Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from sweeps.spec import (
+    DEFAULT_STORAGE, DEFAULT_TRACKING_DB, METRICS, Resources, SpecError, Strict, Tracking,
+    TrialSettings, _one_line, dataset_regime, expand_strategies, resolve_path,
+)
+
+JOURNAL_FILE = "optuna-journal.log"
+
+
+class Param(Strict):
+    """One search-space dimension, in Optuna's conventions."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[bool | int | float | str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a categorical parameter takes `choices` only (no low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"`choices` is for categorical parameters, not {self.type}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs `low` and `high`")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) > high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low = {self.low:g}")
+        if self.log and self.step is not None and self.type == "float":
+            raise ValueError("a float parameter takes `log` or `step`, not both")
+        if self.type == "int":
+            for key in ("low", "high", "step"):
+                v = getattr(self, key)
+                if v is not None and float(v) != int(v):
+                    raise ValueError(f"an int parameter needs a whole `{key}`, got {v:g}")
+            if self.log and self.step not in (None, 1):
+                raise ValueError("an int parameter on a log scale takes no `step` (other than 1)")
+        return self
+
+    def sample_value(self) -> Any:
+        """A value in range, to check the strategy accepts the parameter (and its type)."""
+        if self.type == "categorical":
+            return self.choices[0]
+        return int(self.low) if self.type == "int" else float(self.low)
+
+    def distribution(self):
+        """The Optuna distribution."""
+        from optuna import distributions as d
+
+        if self.type == "categorical":
+            return d.CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return d.FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
+
+class Sampler(Strict):
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, ge=0)
+
+
+class Pruning(Strict):
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Tune(Strict):
+    strategy: str
+    datasets: list[str] = Field(min_length=1)
+    study_per: Literal["regime", "dataset"] = "regime"
+    space: dict[str, Param] = Field(min_length=1)
+    trials: int = Field(ge=1, description="per study")
+    concurrency: int = Field(ge=1, description="trials running at once (always limited)")
+    seeds: int = Field(2, ge=1, description="seeds per trial: the objective is their mean")
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruning: Pruning = Field(default_factory=Pruning)
+    storage: str | None = Field(None, description=f"Optuna storage: an RDB URL or a journal file "
+                                                  f"(default: {JOURNAL_FILE} beside the MLflow db)")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        ids = expand_strategies([v])
+        if len(ids) != 1 or ids[0] != v:
+            raise ValueError(f"tune one strategy id at a time, got {v!r}")
+        return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            dataset_regime(name)
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _known_params(self) -> Tune:
+        import dalsopt
+
+        for name, param in self.space.items():
+            try:
+                dalsopt.resolve(self.strategy, **{name: param.sample_value()})
+            except (ValueError, TypeError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(f"space.{name}: {msg}") from None
+        return self
+
+
+class TuneSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    metric: Literal[METRICS] = "eval_accuracy"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] = "max"
+    tune: Tune
+    defaults: TrialSettings = Field(default_factory=TrialSettings)
+    datasets: dict[str, TrialSettings] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    tracking: Tracking = Field(default_factory=Tracking)
+    storage: str = Field(DEFAULT_STORAGE, description="Ray Tune storage path (local or URI)")
+
+    @model_validator(mode="after")
+    def _overrides_tuned(self) -> TuneSpec:
+        for name in self.datasets:
+            if name not in self.tune.datasets:
+                raise ValueError(f"datasets: {name!r} is not in tune.datasets; allowed: "
+                                 + ", ".join(self.tune.datasets))
+        return self
+
+    def settings(self, dataset: str) -> TrialSettings:
+        return self.defaults.merged(self.datasets.get(dataset))
+
+    def regime(self, dataset: str) -> str:
+        return self.settings(dataset).model_dump().get("regime") or dataset_regime(dataset)
+
+    def studies(self) -> list[Study]:
+        """One study per regime (its datasets together) or per dataset, in the spec's order."""
+        groups: dict[str, list[str]] = {}
+        for d in self.tune.datasets:
+            key = self.regime(d) if self.tune.study_per == "regime" else d
+            groups.setdefault(key, []).append(d)
+        return [Study(self, key, tuple(ds)) for key, ds in groups.items()]
+
+    @cached_property
+    def digest(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def storage_path(self) -> str:
+        return self.storage if "://" in self.storage else str(Path(self.storage).resolve())
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def optuna_storage_url(self) -> str:
+        """An RDB URL, or a journal file path (default: beside a local SQLite MLflow db)."""
+        if self.tune.storage:
+            s = self.tune.storage
+            return s if "://" in s else str(Path(s).resolve())
+        uri = self.tracking_uri()
+        if uri.startswith("sqlite:///"):
+            return str(Path(uri.removeprefix("sqlite:///")).parent / JOURNAL_FILE)
+        return str(Path(JOURNAL_FILE).resolve())
+
+
+@dataclass(frozen=True)
+class Study:
+    """One Optuna study: the datasets whose (dataset x seed) mean is its objective."""
+
+    spec: TuneSpec
+    key: str  # regime or dataset
+    datasets: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{self.spec.name}-{self.key}")
+
+    @property
+    def regime(self) -> str:
+        return self.spec.regime(self.datasets[0])
+
+    def configs(self, seed: int, hp: dict[str, Any]) -> list[dict[str, Any]]:
+        """The trainable's config per dataset for one seed, with the sampled `hp` on top."""
+        from sweeps.trainable import trial_config
+
+        out = []
+        for d in self.datasets:
+            kwargs = self.spec.settings(d).trial_kwargs()
+            kwargs["hp"] = {**kwargs.get("hp", {}), **hp}
+            out.append(trial_config(strategy=self.spec.tune.strategy, dataset=d, seed=seed, **kwargs))
+        return out
+
+
+def parse_tune_spec(data: Any, source: str = "<spec>", *, check_trials: bool = True) -> TuneSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec is a mapping of keys (name, tune, ...), got {type(data).__name__}")
+    if "tune" not in data:
+        raise SpecError(f"{source}: tune: missing (a tuning spec needs a `tune:` section)")
+    try:
+        spec = TuneSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {_one_line(e)}") from None
+    if check_trials:
+        sample = {k: p.sample_value() for k, p in spec.tune.space.items()}
+        for study in spec.studies():
+            try:
+                study.configs(0, sample)
+            except ValueError as e:
+                raise SpecError(f"{source}: study {study.name}: {str(e).splitlines()[0]}") from None
+    return spec
+
+
+def load_tune_spec(ref: str | Path, *, check_trials: bool = True) -> tuple[TuneSpec, Path]:
+    path = resolve_path(ref)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}{where}: not valid YAML: {problem}") from None
+    return parse_tune_spec(data, str(path), check_trials=check_trials), path

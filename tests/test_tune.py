@@ -1,0 +1,161 @@
+"""`dals tune`: a real small Optuna study on Ray (synthetic subset), resume, MLflow, export; bad spaces."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import dalsopt
+from sweeps import tracking
+from sweeps.spec import SpecError
+from sweeps.tune_spec import load_tune_spec, parse_tune_spec
+
+SPEC = """\
+name: tt
+metric: eval_accuracy
+mode: max
+tune:
+  strategy: dals
+  datasets: [synthetic]
+  study_per: regime
+  space:
+    lr: {type: float, low: 0.003, high: 0.3, log: true}
+    warmup_frac: {type: float, low: 0.0, high: 0.2}
+  trials: TRIALS
+  concurrency: 2
+  seeds: 2
+  sampler: {type: tpe, seed: 0}
+defaults: {epochs: 2, max_train: 500, max_eval: 300}
+resources: {cpu: 1}
+"""
+
+
+def base() -> dict:
+    import yaml
+
+    return yaml.safe_load(SPEC.replace("TRIALS", "3"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tune_study_resume_mlflow_export(tmp_path, monkeypatch):
+    import optuna
+    import ray
+    from optuna.trial import TrialState
+
+    from dalsopt import presets
+    from sweeps.tune import ATTR_SWEEP, export_preset, optuna_storage, run_tune
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "spec.yaml"
+    try:
+        path.write_text(SPEC.replace("TRIALS", "3"))
+        spec, _ = load_tune_spec(path)
+        [out] = run_tune(spec, path, num_cpus=2, say=lambda *a: None)
+        assert (out.done_before, out.done, out.ran) == (0, 3, 3)
+
+        url = str(tmp_path / "optuna-journal.log")
+        assert spec.optuna_storage_url() == url and Path(url).is_file()
+        study = optuna.load_study(study_name="tt-scratch", storage=optuna_storage(url))
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+        store = tracking.Store(spec.tracking_uri(), "tt")
+        parent, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
+        assert parent is not None and parent.info.status == "FINISHED" and len(children) == 3
+        assert all(c.data.tags[tracking.PARENT] == parent.info.run_id for c in children)
+        artifacts = {a.path for a in store.client().list_artifacts(parent.info.run_id, "study")}
+        assert {"study/best.json", "study/optimization_history.png"} <= artifacts
+        # the objective is the mean over the seeds of the last epoch's metric
+        for c in children:
+            m = c.data.metrics
+            seeds = [m["eval_accuracy/synthetic/seed0"], m["eval_accuracy/synthetic/seed1"]]
+            assert m["eval_accuracy"] == pytest.approx(sum(seeds) / 2)
+            assert m["epoch"] == 2
+        assert sorted(t.value for t in study.trials) == pytest.approx(
+            sorted(c.data.metrics["eval_accuracy"] for c in children))
+
+        # running again adds nothing; raising trials to 4 adds exactly one
+        [again] = run_tune(spec, path, num_cpus=2, say=lambda *a: None)
+        assert (again.done_before, again.ran) == (3, 0)
+        path.write_text(SPEC.replace("TRIALS", "4"))
+        spec4, _ = load_tune_spec(path)
+        [more] = run_tune(spec4, path, num_cpus=2, say=lambda *a: None)
+        assert (more.done_before, more.done, more.ran) == (3, 4, 1)
+        study = optuna.load_study(study_name="tt-scratch", storage=optuna_storage(url))
+        assert len(study.trials) == 4
+        _, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
+        assert len(children) == 4
+    finally:
+        ray.shutdown()
+
+    # export -> a preset dalsopt.make loads
+    monkeypatch.setattr(presets, "DIRECTORY", tmp_path / "presets")
+    preset = export_preset("tt-scratch", url, "tt")
+    assert preset == tmp_path / "presets" / "dals@tt.json"
+    data = json.loads(preset.read_text())
+    assert data["strategy"] == "dals" and data["preset"] == "tt"
+    assert data["hyperparameters"]["lr"] == pytest.approx(study.best_params["lr"])
+    assert data["source"]["study"] == "tt-scratch" and data["source"]["trials"] == 4
+    s = dalsopt.make("dals@tt", torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)),
+                     total_steps=10)
+    assert s.meta["hyperparameters"]["warmup_frac"] == pytest.approx(study.best_params["warmup_frac"])
+    assert "dals@tt" in dalsopt.names(presets=True)
+
+
+def test_shipped_tune_specs_load():
+    for name in ("tune-dals-cpu", "tune-dals"):
+        spec, _ = load_tune_spec(name)
+        assert {s.key for s in spec.studies()} == {"scratch", "finetune"}
+
+
+@pytest.mark.parametrize("param, message", [
+    ({"type": "float", "low": 0.3, "high": 0.01}, "tune.space.lr: low (0.3) > high (0.01)"),
+    ({"type": "float", "low": 0.0, "high": 0.1, "log": True}, "tune.space.lr: log scale needs low > 0"),
+    ({"type": "int", "low": 1.5, "high": 4}, "tune.space.lr: an int parameter needs a whole `low`"),
+    ({"type": "categorical"}, "tune.space.lr: a categorical parameter needs"),
+    ({"type": "float", "low": 0, "high": 1, "choice": [1]}, "tune.space.lr: unknown key 'choice'"),
+])
+def test_bad_space_is_one_line(param, message):
+    data = base()
+    data["tune"]["space"] = {"lr": param}
+    with pytest.raises(SpecError) as e:
+        parse_tune_spec(data, "x.yaml")
+    assert str(e.value).startswith(f"x.yaml: {message}") and "\n" not in str(e.value)
+
+
+def test_unknown_parameter_for_strategy():
+    data = base()
+    data["tune"]["space"]["betas2"] = {"type": "float", "low": 0.9, "high": 0.99}
+    with pytest.raises(SpecError) as e:
+        parse_tune_spec(data, "x.yaml")
+    msg = str(e.value)
+    assert msg.startswith("x.yaml: tune: space.betas2: unknown hyperparameter(s) 'betas2' for 'dals'")
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["tune"].pop("concurrency"), "tune.concurrency: Field required"),
+    (lambda d: d["tune"].update(concurrency=0), "tune.concurrency: Input should be greater than"),
+    (lambda d: d["tune"].update(strategy="nope"), "tune.strategy: unknown strategy 'nope'"),
+    (lambda d: d["tune"].update(study_per="seed"), "tune.study_per: Input should be"),
+    (lambda d: d.update(datasets={"cifar10": {"epochs": 1}}), "datasets: 'cifar10' is not in tune.datasets"),
+    (lambda d: d["defaults"].update(epochs=0), "study tt-scratch: epochs must be a positive integer"),
+])
+def test_bad_spec_is_one_line(change, message):
+    data = base()
+    change(data)
+    with pytest.raises(SpecError) as e:
+        parse_tune_spec(data, "x.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_registers_tune_before_jobs():
+    from sweeps.cli import build_parser
+    from sweeps.jobs import _actions
+
+    tune = _actions(build_parser()).choices["tune"]
+    assert {"run", "export", "submit"} <= set(_actions(tune).choices)
