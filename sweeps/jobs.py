@@ -127,11 +127,12 @@ def submit(kind: str, spec_ref: str, address: str | None, *, shared: list[str] =
     """Validate the spec here, check it can run on that cluster, submit it; returns the job id."""
     from sweeps.shared_storage import check_storage_for_address, check_tracking_for_address
     from sweeps.spec import load_spec
+    from sweeps.tune_spec import load_tune_spec
 
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(KINDS)}")
     check_runnable(kind)
-    spec, path = load_spec(spec_ref)
+    spec, path = (load_tune_spec if kind == "tune" else load_spec)(spec_ref)
     url = resolve_address(address)
     check_storage_for_address(spec.storage, url, shared)  # before connecting: fails fast offline
     if spec.tracking.enabled:

@@ -133,9 +133,40 @@ def test_submitted_sweep_runs_on_both_nodes_and_is_tracked_on_the_server(cluster
 
 
 def test_tune_submit_records_every_trial_once(cluster, tmp_path):
-    try:
-        jobs.check_runnable("tune")
-    except ValueError as exc:
-        pytest.xfail(f"Optuna tuning is not built yet: {exc}")
-    pytest.fail("`dals tune run` exists now: write this test (tune spec on "
-                f"{cluster['optuna_storage']}, max_concurrent_trials 2, every trial recorded once)")
+    """A tuning job on the cluster: the Optuna study on PostgreSQL, 2 concurrent trials, each once."""
+    import optuna
+
+    spec = tmp_path / "cluster-tune.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        name: cluster-tune
+        metric: eval_accuracy
+        mode: max
+        tune:
+          strategy: dals
+          datasets: [synthetic]
+          space: {{lr: {{type: float, low: 0.001, high: 0.1, log: true}}}}
+          trials: 4
+          concurrency: 2
+          seeds: 1
+          storage: "{cluster['optuna_storage']}"
+        defaults: {{epochs: 2, max_train: 500, max_eval: 200}}
+        resources: {{cpu: 1}}
+        tracking: {{uri: "{cluster['mlflow']}", experiment: cluster-tune}}
+        storage: {tmp_path / 'runs'}
+    """))
+    address = cluster["dashboard"]
+    assert dals("tune", "submit", str(spec), "--address", address) == 0
+    job_id = next(j.submission_id for j in jobs.client(address).list_jobs()
+                  if (j.metadata or {}).get(jobs.META_SPEC) == "cluster-tune")
+    status, logs = finish(job_id, address)
+    assert status == "SUCCEEDED", logs[-4000:]
+
+    study = optuna.load_study(study_name="cluster-tune-scratch", storage=cluster["optuna_storage"])
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.params["lr"] for t in trials}) == 4  # no trial recorded twice
+
+    store = tracking.Store(cluster["mlflow"], "cluster-tune")
+    client = store.client()
+    children = client.search_runs([store.experiment_id(client)], f"tags.`{tracking.TAG_ROLE}` = 'trial'")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
