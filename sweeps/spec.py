@@ -186,7 +186,28 @@ class Tracking(Strict):
     experiment: str | None = Field(None, description="default: the spec's name")
 
 
-class Spec(Strict):
+class Workspace:
+    """What sweep and tuning specs share: their hash and where their runs and tracking live."""
+
+    @cached_property
+    def digest(self) -> str:
+        """A hash of what the spec does (not of comments or key order): resume needs it equal."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)  # type: ignore[attr-defined]
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    # Working-folder defaults, resolved when used so a spec file stays portable.
+    def storage_path(self) -> str:
+        storage: str = self.storage  # type: ignore[attr-defined]
+        return storage if "://" in storage else str(Path(storage).resolve())
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"  # type: ignore[attr-defined]
+
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name  # type: ignore[attr-defined]
+
+
+class Spec(Workspace, Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
     metric: Literal[METRICS] = "eval_accuracy"  # type: ignore[valid-type]
@@ -235,21 +256,6 @@ class Spec(Strict):
         """Dataset -> target metric value, for datasets that set one."""
         return {d: t for d in self.grid.datasets if (t := self.settings(d).target) is not None}
 
-    @cached_property
-    def digest(self) -> str:
-        """A hash of what the sweep does (not of comments or key order): resume needs it equal."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    # Working-folder defaults, resolved when used so a spec file stays portable.
-    def storage_path(self) -> str:
-        return self.storage if "://" in self.storage else str(Path(self.storage).resolve())
-
-    def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
-
-    def experiment(self) -> str:
-        return self.tracking.experiment or self.name
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,8 @@ here imports Ray, Optuna or MLflow.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +16,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sweeps.spec import (
-    DEFAULT_STORAGE, DEFAULT_TRACKING_DB, METRICS, Resources, SpecError, Strict, Tracking,
-    TrialSettings, _one_line, dataset_regime, expand_strategies, resolve_path,
+    DEFAULT_STORAGE, METRICS, Resources, SpecError, Strict, Tracking,
+    TrialSettings, Workspace, _one_line, dataset_regime, expand_strategies, resolve_path,
 )
 
 JOURNAL_FILE = "optuna-journal.log"
@@ -138,7 +135,7 @@ class Tune(Strict):
         return self
 
 
-class TuneSpec(Strict):
+class TuneSpec(Workspace, Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
     metric: Literal[METRICS] = "eval_accuracy"  # type: ignore[valid-type]
@@ -171,20 +168,6 @@ class TuneSpec(Strict):
             key = self.regime(d) if self.tune.study_per == "regime" else d
             groups.setdefault(key, []).append(d)
         return [Study(self, key, tuple(ds)) for key, ds in groups.items()]
-
-    @cached_property
-    def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    def storage_path(self) -> str:
-        return self.storage if "://" in self.storage else str(Path(self.storage).resolve())
-
-    def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
-
-    def experiment(self) -> str:
-        return self.tracking.experiment or self.name
 
     def optuna_storage_url(self) -> str:
         """An RDB URL, or a journal file path (default: beside a local SQLite MLflow db)."""
