@@ -32,11 +32,12 @@ class SpecError(ValueError):
 # ----------------------------------------------------------------------------- the catalogue
 
 
-def strategy_generations() -> dict[str, int]:
-    """Strategy id -> generation, in the registry's (generation) order."""
+def strategy_generations(presets: bool = False) -> dict[str, int]:
+    """Strategy id -> generation, in the registry's (generation) order; with ``presets``, the shipped
+    ``strategy@preset`` names too (a preset has its base strategy's generation)."""
     import dalsopt
 
-    return {name: dalsopt.GENERATIONS[name] for name in dalsopt.names()}
+    return {name: dalsopt.GENERATIONS[name.split("@", 1)[0]] for name in dalsopt.names(presets=presets)}
 
 
 def dataset_regime(dataset: str) -> str:
@@ -47,20 +48,21 @@ def dataset_regime(dataset: str) -> str:
 
 
 def expand_strategies(items: list[str]) -> list[str]:
-    """Ids, generation names (`gen3`) and `all` -> unique ids in registry order."""
-    gens = strategy_generations()
+    """Ids, presets (`dals@scratch`), generation names (`gen3`) and `all` -> unique ids in registry
+    order, each preset after its base strategy's place."""
+    gens = strategy_generations(presets=True)
     chosen: set[str] = set()
     for item in items:
         if item == "all":
-            chosen.update(gens)
+            chosen.update(n for n in gens if "@" not in n)
         elif item.startswith("gen") and item[3:].isdigit() and int(item[3:]) in gens.values():
-            chosen.update(n for n, g in gens.items() if g == int(item[3:]))
+            chosen.update(n for n, g in gens.items() if g == int(item[3:]) and "@" not in n)
         elif item in gens:
             chosen.add(item)
         else:
             allowed = ", ".join([*gens, *sorted({f"gen{g}" for g in gens.values()}), "all"])
             raise ValueError(f"unknown strategy {item!r}; allowed: {allowed}")
-    return [n for n in gens if n in chosen]
+    return sorted(chosen, key=lambda n: (list(gens).index(n.split("@", 1)[0]), n))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -244,7 +246,7 @@ class Spec(Workspace, Strict):
 
     def trials(self) -> list[TrialSpec]:
         """The grid in a stable order: dataset, then strategy (registry order), then seed."""
-        gens = strategy_generations()
+        gens = strategy_generations(presets=True)
         return [
             TrialSpec(s, d, seed, gens[s], self.regime(d), self.settings(d))
             for d in self.grid.datasets

@@ -52,9 +52,13 @@ TREC_FINETUNE_LR_SCALE = 0.6
 
 
 def dataset_hp(strategy: str, dataset: str, regime: str) -> dict[str, float]:
-    """Dataset-specific defaults on top of dalsopt's per-regime ones (only TREC-6 fine-tuning has any)."""
+    """Dataset-specific defaults on top of dalsopt's per-regime ones (only TREC-6 fine-tuning has any).
+    A preset that sets its own (tuned) rate keeps it."""
     import dalsopt
+    from dalsopt import presets
 
+    if "@" in strategy and "lr" in presets.load(strategy):
+        return {}
     if regime == "finetune" and dataset in ("trec6", "trec6-scratch"):
         return {"lr": dalsopt.resolve(strategy, "finetune")["lr"] * TREC_FINETUNE_LR_SCALE}
     return {}
