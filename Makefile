@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench browser
+.PHONY: venv run test bench browser paper
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,3 +29,11 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_step.py
+
+# The paper reproduction at CPU scale (docs/results.md): the CIFAR-10 stand-in, the sweep (resumes when
+# run again), its report into docs/results/paper-cpu, and the paper comparison tables.
+paper: $(STAMP)
+	$(PY) scripts/make_cifar_standin.py .cache/cifar10-standin --per-batch 400
+	DALS_OFFLINE=1 $(VENV)/bin/dals sweep run paper-cpu
+	$(VENV)/bin/dals report paper-cpu --out docs/results/paper-cpu
+	$(PY) -m sweeps.paper paper-cpu --out docs/results/paper-cpu

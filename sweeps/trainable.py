@@ -130,8 +130,8 @@ def trial_config(**overrides: Any) -> dict[str, Any]:
     for key in ("data_dir", "eval_file", "text_column", "text_column2", "label_column", "device"):
         if cfg[key] is not None and not isinstance(cfg[key], (str, os.PathLike)):
             raise ValueError(f"{key} must be a string, got {cfg[key]!r}")
-    if cfg["data_dir"] is not None:
-        cfg["data_dir"] = str(cfg["data_dir"])
+    if cfg["data_dir"] is not None:  # relative to where the sweep starts (Ray runs trials elsewhere)
+        cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
     if not isinstance(cfg["augment"], bool):
         raise ValueError(f"augment must be true or false, got {cfg['augment']!r}")
     if cfg["augment"] and kind != "image":
