@@ -33,8 +33,20 @@ def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
 def test_shipped_specs_load_with_all_18_strategies(name):
     spec, path = load_spec(name)
     assert path == SPECS_DIR / f"{name}.yaml"
-    assert spec.grid.strategies == dalsopt.names()
-    assert len(spec.trials()) == 18 * len(spec.grid.datasets) * len(spec.grid.seeds)
+    extra = ["stlr-discriminative@double-decay"] if name.startswith("paper") else []
+    assert [s for s in spec.grid.strategies if s not in extra] == dalsopt.names()
+    assert len(spec.trials()) == (18 + len(extra)) * len(spec.grid.datasets) * len(spec.grid.seeds)
+
+
+def test_presets_join_the_grid_after_their_strategy_and_all_leaves_them_out():
+    presets = [n for n in dalsopt.names(presets=True) if "@" in n]
+    assert "stlr-discriminative@double-decay" in presets
+    got = expand_strategies(["all", "stlr-discriminative@double-decay"])
+    at = got.index("stlr-discriminative")
+    assert got[at + 1] == "stlr-discriminative@double-decay" and len(got) == 19
+    assert not any("@" in n for n in expand_strategies(["all", "gen6"]))
+    with pytest.raises(ValueError, match="unknown strategy 'dals@nope'"):
+        expand_strategies(["dals@nope"])
 
 
 def test_quick_is_one_seed_of_synthetic():

@@ -209,3 +209,17 @@ def test_exclude_norm_bias_gives_biases_no_decay_and_no_trust():
     for g in groups:
         is_bias = all(p.ndim == 1 for p in g["params"])
         assert (g["weight_decay"] == 0.0 and g["trust"] is False) if is_bias else g["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize("name", [n for n in dalsopt.names(presets=True) if "@" in n])
+def test_shipped_presets_carry_their_hyperparameters_and_train(name):
+    import json
+
+    from dalsopt import presets
+
+    data = json.loads(presets.path(name).read_text())
+    hp = dalsopt.resolve(name, data["source"].get("regime", "scratch"))
+    assert all(hp[k] == v for k, v in data["hyperparameters"].items())
+    model = mlp()
+    losses = train(dalsopt.make(name, model, total_steps=60), model, 60)
+    assert losses[-1] < 0.7 * losses[0]
