@@ -42,10 +42,26 @@ def best_per_trial(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return report.finals(df, metric)[["strategy", "dataset", "seed", "status", "best", "final"]]
 
 
+DATASET_ORDER = ("synthetic", "cifar10", "rte", "trec6", "imdb", "synthetic-gmm", "trec6-scratch")
+
+
+def _order(names, known) -> list:
+    """``names`` in the order of ``known``, unknown ones after, alphabetically."""
+    known = list(known)
+    return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
 def summary(per_trial: pd.DataFrame, column: str = "best") -> pd.DataFrame:
-    """Mean, std and count of ``column`` per (dataset, strategy), in percent."""
-    out = per_trial.groupby(["dataset", "strategy"])[column].agg(["mean", "std", "count"]) * [100, 100, 1]
-    return out.reset_index()
+    """Mean, std and count of ``column`` per (dataset, strategy), in percent; datasets in the paper's
+    order, strategies in the registry's (a preset right after its strategy)."""
+    from sweeps.spec import strategy_generations
+
+    out = (per_trial.groupby(["dataset", "strategy"])[column].agg(["mean", "std", "count"]) * [100, 100, 1]).reset_index()
+    ds = _order(out["dataset"], DATASET_ORDER)
+    gens = list(strategy_generations(presets=True))
+    st = sorted(set(out["strategy"]), key=lambda n: (gens.index(n.split("@")[0]) if n.split("@")[0] in gens else 99, n))
+    out["_d"], out["_s"] = out["dataset"].map(ds.index), out["strategy"].map(st.index)
+    return out.sort_values(["_d", "_s"]).drop(columns=["_d", "_s"]).reset_index(drop=True)
 
 
 def epochs_to(df: pd.DataFrame, metric: str, dataset: str) -> pd.DataFrame:
@@ -66,11 +82,15 @@ def winners(stats: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dataset, g in stats.groupby("dataset"):
         g = g.sort_values("mean", ascending=False)
-        first, second = g.iloc[0], g.iloc[1]
+        first = g.iloc[0]
+        second = g.iloc[1] if len(g) > 1 else pd.Series({"strategy": "—", "mean": math.nan, "std": math.nan})
+        tied = g.iloc[1:][g.iloc[1:]["mean"] + g.iloc[1:]["std"].fillna(0) >= first["mean"] - (first["std"] if pd.notna(first["std"]) else 0)]
         rows.append({"dataset": dataset, "winner": first["strategy"], "mean": first["mean"], "std": first["std"],
                      "runner_up": second["strategy"], "runner_up_mean": second["mean"],
-                     "clear": first["mean"] - first["std"] > second["mean"] + second["std"]})
-    return pd.DataFrame(rows)
+                     "clear": bool(first["mean"] - first["std"] > second["mean"] + second["std"]),
+                     "tied": len(tied)})
+    order = _order([r["dataset"] for r in rows], DATASET_ORDER)
+    return pd.DataFrame(sorted(rows, key=lambda r: order.index(r["dataset"])))
 
 
 def claims(stats: pd.DataFrame, to90: pd.DataFrame) -> dict:
@@ -92,7 +112,8 @@ def claims(stats: pd.DataFrame, to90: pd.DataFrame) -> dict:
     out["stlr"] = {d: {s: get(d, s) for s in ("stlr-discriminative", "stlr-discriminative@double-decay", "radam")}
                    for d in ("trec6", "trec6-scratch")}
     w = winners(stats)
-    out["winners"] = dict(zip(w["dataset"], w["winner"]))
+    out["winners"] = {r.dataset: {"winner": r.winner, "mean": round(float(r.mean), 2), "tied": int(r.tied)}
+                      for r in w.itertuples()}
     out["distinct_winners"] = len(set(w["winner"]))
     return out
 
@@ -123,10 +144,12 @@ def render(stats: pd.DataFrame, to90: pd.DataFrame, win: pd.DataFrame, facts: di
         paper = "/".join(map(str, PAPER_TABLE2[r[0]])) if r[0] in PAPER_TABLE2 else ""
         lines.append(f"| {r[0]} | {ours} | {paper} |")
     lines += ["", "## Winner per dataset (best eval accuracy, mean over seeds)", "",
-              "| dataset | winner | mean ± std | runner-up | its mean | gap > both stds |", "|---|---|---|---|---|---|"]
+              "Tied: how many other strategies' mean + std reach the winner's mean - std.", "",
+              "| dataset | winner | mean ± std | runner-up | its mean | gap > both stds | tied |",
+              "|---|---|---|---|---|---|---|"]
     for r in win.itertuples():
         lines.append(f"| {r.dataset} | {r.winner} | {_pm(r.mean, r.std)} | {r.runner_up} | {r.runner_up_mean:.1f} | "
-                     f"{'yes' if r.clear else 'no'} |")
+                     f"{'yes' if r.clear else 'no'} | {r.tied} |")
     lines += ["", "## The numbers behind the claims", "", "```json", json.dumps(facts, indent=2), "```"]
     return "\n".join(lines) + "\n"
 

@@ -57,6 +57,9 @@ def test_winners_and_claims(epochs):
     assert facts["stlr"]["trec6"] == {"stlr-discriminative": 35.0, "stlr-discriminative@double-decay": None,
                                       "radam": 85.0}
     assert facts["distinct_winners"] == 2
+    assert facts["winners"]["trec6"] == {"winner": "radam", "mean": 85.0, "tied": 0}
+    assert facts["winners"]["synthetic"]["tied"] == 0   # dals 90 + 2.8 < dals-fast 94.5 - 0.7
+
 
 
 def test_render_puts_the_papers_numbers_beside_ours(epochs):
