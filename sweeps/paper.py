@@ -51,15 +51,19 @@ def _order(names, known) -> list:
     return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
 
 
+def _strategy_order(names) -> list[str]:
+    """The registry's (generation) order, a preset right after its strategy."""
+    from sweeps.spec import strategy_generations
+
+    gens = list(strategy_generations())
+    return sorted(set(names), key=lambda n: (gens.index(n.split("@")[0]) if n.split("@")[0] in gens else len(gens), n))
+
+
 def summary(per_trial: pd.DataFrame, column: str = "best") -> pd.DataFrame:
     """Mean, std and count of ``column`` per (dataset, strategy), in percent; datasets in the paper's
     order, strategies in the registry's (a preset right after its strategy)."""
-    from sweeps.spec import strategy_generations
-
     out = (per_trial.groupby(["dataset", "strategy"])[column].agg(["mean", "std", "count"]) * [100, 100, 1]).reset_index()
-    ds = _order(out["dataset"], DATASET_ORDER)
-    gens = list(strategy_generations(presets=True))
-    st = sorted(set(out["strategy"]), key=lambda n: (gens.index(n.split("@")[0]) if n.split("@")[0] in gens else 99, n))
+    ds, st = _order(out["dataset"], DATASET_ORDER), _strategy_order(out["strategy"])
     out["_d"], out["_s"] = out["dataset"].map(ds.index), out["strategy"].map(st.index)
     return out.sort_values(["_d", "_s"]).drop(columns=["_d", "_s"]).reset_index(drop=True)
 
@@ -74,7 +78,8 @@ def epochs_to(df: pd.DataFrame, metric: str, dataset: str) -> pd.DataFrame:
             firsts = [s[s[metric] >= t]["epoch"].min() for _, s in g.groupby("seed")]
             row[t] = math.nan if any(pd.isna(firsts)) else sum(firsts) / len(firsts)
         rows.append(row)
-    return pd.DataFrame(rows)
+    order = _strategy_order([r["strategy"] for r in rows])
+    return pd.DataFrame(sorted(rows, key=lambda r: order.index(r["strategy"])))
 
 
 def winners(stats: pd.DataFrame) -> pd.DataFrame:
