@@ -5,6 +5,7 @@ head and one extra Ray worker node, all on 127.0.0.1 and free ports, all under o
     python scripts/local_cluster.py start [--dir DIR]   # prints the addresses as JSON
     python scripts/local_cluster.py env   [--dir DIR]   # the same as `export` lines
     python scripts/local_cluster.py stop  [--dir DIR]
+    python scripts/local_cluster.py stop-worker [--dir DIR] [--graceful]   # lose the worker node only
 
 Why not `ray start`/`ray stop` as usual: `ray stop` kills every Ray on the machine, and two raylets
 on one machine must not share ports or a temp dir. So every service runs in the foreground
@@ -354,6 +355,48 @@ def stop(root: Path) -> list[str]:
     return stopped
 
 
+def _descendants(pids: set[int]) -> set[int]:
+    """`pids` and every process below them (Ray starts its worker processes in their own groups)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            ppid = int(Path(stat).read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(Path(stat).parent.name))
+    out, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def stop_worker(root: Path, graceful: bool = False) -> int:
+    """End the worker node only, as if its machine died: its `ray start` group, every process
+    below it (the raylet's worker processes, trials included) and strays naming its temp dir, all
+    with SIGKILL at once (`graceful`: SIGTERM first, as `stop` does). The head, PostgreSQL and
+    MLflow keep running. Returns how many processes were signalled."""
+    state = load_state(root)
+    service = state["services"].get("ray-worker")
+    if not state.get("ready") or service is None:
+        raise RuntimeError(f"no running local cluster with a worker node in {root}")
+    temp = root / "ray-worker"
+    targets = _descendants(set(_groups().get(service["pid"], [])) | set(_naming(temp)))
+    if not targets:
+        return 0
+    if graceful:
+        _signal(sorted(targets), signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in targets):
+            time.sleep(0.2)
+    _signal(sorted(targets), signal.SIGKILL)
+    service["stopped"] = time.time()
+    save_state(root, state)
+    return len(targets)
+
+
 def env_lines(state: dict[str, Any]) -> list[str]:
     """Shell exports for the running cluster (the names `dals` and MLflow/Ray clients read)."""
     pairs = {"RAY_API_SERVER_ADDRESS": state.get("dashboard"), "MLFLOW_TRACKING_URI": state.get("mlflow"),
@@ -363,11 +406,13 @@ def env_lines(state: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("start", "stop", "env"))
+    p.add_argument("action", choices=("start", "stop", "stop-worker", "env"))
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"the cluster's folder (default {DEFAULT_DIR})")
     p.add_argument("--head-cpus", type=int, default=1)
     p.add_argument("--worker-cpus", type=int, default=1)
     p.add_argument("--no-ray", action="store_true", help="only PostgreSQL + MLflow")
+    p.add_argument("--graceful", action="store_true",
+                   help="stop-worker: SIGTERM first (default: SIGKILL, the node is lost)")
     args = p.parse_args(argv)
     root = args.dir.absolute()
     try:
@@ -378,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(state, indent=2))
         elif args.action == "stop":
             print(f"stopped: {', '.join(stop(root)) or 'nothing was running'}")
+        elif args.action == "stop-worker":
+            print(f"worker node stopped: {stop_worker(root, args.graceful)} processes signalled")
         else:
             state = load_state(root)
             if not state.get("ready"):

@@ -1,7 +1,8 @@
 """The ``dals`` command line. Subcommands register themselves: each entry of :data:`COMMANDS` is a
 ``register(subparsers)`` that adds its parser and sets ``func(args) -> int`` (the exit code).
 
-Bad input (``ValueError``, ``FileNotFoundError``) is one ``dals: error: ...`` line on stderr, exit 2.
+Bad input (a bad argument, ``ValueError``, ``OSError``) is one ``dals...: error: ...`` line on stderr,
+exit 2, before anything starts: no traceback, no Ray, no files.
 """
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
+from urllib.parse import urlsplit
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_MESSAGE = 1000  # characters of an error line (a message may quote a huge bad value)
 METRIC_COLUMNS = (  # (key, header, width, format spec)
     ("epoch", "epoch", 5, "d"), ("train_loss", "train_loss", 10, ".4f"), ("eval_accuracy", "eval_acc", 8, ".4f"),
     ("eval_loss", "eval_loss", 9, ".4f"), ("lr_bottom", "lr_bottom", 9, ".2e"), ("lr_top", "lr_top", 9, ".2e"),
@@ -35,6 +38,49 @@ def parse_hp(items: Sequence[str]) -> dict[str, Any]:
     return hp
 
 
+def check_address(address: str, flag: str = "--address") -> str:
+    """`auto`, `local`, HOST:PORT or SCHEME://HOST[:PORT]; ValueError naming the flag otherwise, so a
+    typo fails here rather than after a sweep has made its folders and MLflow run."""
+    if address in ("auto", "local"):
+        return address
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or any(c.isspace() for c in address) or parts.path not in ("", "/"):
+        raise ValueError(f"{flag} {address!r}: expected HOST:PORT, SCHEME://HOST:PORT, auto or local")
+    return address
+
+
+def one_line(message: str) -> str:
+    """The first line of a message, cut to MAX_MESSAGE characters, any URL password masked."""
+    from sweeps.redact import redact
+
+    line = redact((message.strip().splitlines() or [""])[0])
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block): `dals sweep run: error: ... (-h: help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {one_line(message)} (see `{self.prog} -h`)\n")
+
+
+def _seed(text: str) -> int:
+    """--seed: a whole number the trainers' 32-bit seeding takes."""
+    from sweeps.spec import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected 0..{MAX_SEED}, got {value}")
+    return value
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN/inf: non-finite floats become null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -51,8 +97,12 @@ def format_row(metrics: dict[str, Any]) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from sweeps.trainable import Trial
 
+    if args.checkpoint and Path(args.checkpoint).exists() and not Path(args.checkpoint).is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint}: a file, not a folder")
     hp = parse_hp(args.hp or [])
     if args.lr is not None:
         hp["lr"] = args.lr
@@ -110,7 +160,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, help="learning rate (same as --hp lr=...)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-train", type=int, help="stratified seeded subset of the train split")
     p.add_argument("--max-eval", type=int, help="stratified subset of the eval split")
@@ -145,7 +195,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dals", description="Learning-rate strategies, trials and sweeps.")
+    parser = Parser(prog="dals", description="Learning-rate strategies, trials and sweeps.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS + [r for r in _other_commands() if r not in COMMANDS]:
         register(sub)
@@ -153,13 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dals`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``dals`` console script; returns the exit code (argparse's too: -h is 0)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"dals: error: {message}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # OSError: an unreadable file, a folder given for a file...
+        print(f"dals: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("dals: interrupted", file=sys.stderr)

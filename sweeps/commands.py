@@ -1,4 +1,4 @@
-"""The sweep service's `dals` subcommands: `sweep run`, `report`, `ui`.
+"""The sweep service's `dals` subcommands: `sweep run`, `sweep sync`, `report`, `ui`.
 
 Each `register_*` adds one subcommand to the `dals` parser (sweeps/cli.py collects `REGISTER`).
 Handlers return an exit code; a bad spec raises `SpecError` (a ValueError), which cli.main prints
@@ -8,6 +8,7 @@ as one `dals: error: ...` line with exit 2.
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130
@@ -17,24 +18,50 @@ EXIT_INTERRUPTED = 130
 
 
 def _sweep_run(args: argparse.Namespace) -> int:
-    from sweeps.run import dry_run, run_sweep
+    from sweeps.cli import check_address
     from sweeps.spec import load_spec
 
-    spec, path = load_spec(args.spec)
+    spec, path = load_spec(args.spec)  # every input is checked before Ray, MLflow or a folder
+    if args.address is not None:
+        check_address(args.address)
+    from sweeps.run import dry_run, run_sweep
+
     if args.dry_run:
         dry_run(spec)
         return 0
     outcome = run_sweep(spec, path, address=args.address, fresh=args.fresh,
                         report=not args.no_report)
-    summary = (f"{outcome.finished}/{outcome.total} finished, {outcome.failed} failed "
+    diverged = diverged_count(outcome.folder)
+    summary = (f"{outcome.finished}/{outcome.total} finished"
+               + (f" ({diverged} diverged)" if diverged else "")
+               + f", {outcome.failed} failed "
                f"({outcome.finished_before} before this run), {outcome.wall_s:.1f} s")
     if not outcome.complete:
         print(f"sweep {spec.name} interrupted: {summary}; run the same command again to resume")
         return EXIT_INTERRUPTED
     print(f"sweep {spec.name} done: {summary}")
     if spec.tracking.enabled:
-        print(f"browse: `dals ui` (MLflow store {spec.tracking_uri()}, experiment {spec.experiment()!r})")
+        from sweeps.redact import redact
+
+        print(f"browse: `dals ui` (MLflow store {redact(spec.tracking_uri())}, "
+              f"experiment {spec.experiment()!r})")
+    # a diverged trial is a result (the strategy diverges with these settings), not a crash
     return EXIT_FAILED_TRIALS if outcome.failed else 0
+
+
+def diverged_count(folder: str) -> int:
+    """Trials whose last result says they diverged (Tune counts them as finished)."""
+    from sweeps.run import saved_trials
+
+    return sum((t.last_result or {}).get("status") == "diverged" for t in saved_trials(folder))
+
+
+def _sweep_sync(args: argparse.Namespace) -> int:
+    from sweeps.report import sweep_folder
+    from sweeps.tracking import sync_sweep
+
+    sync_sweep(sweep_folder(args.sweep))
+    return 0
 
 
 def register_sweep(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +78,14 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--fresh", action="store_true", help="discard an earlier run of this spec")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.set_defaults(func=_sweep_run)
+    sync = actions.add_parser(
+        "sync", help="record in MLflow what a sweep's Ray results hold and MLflow lacks",
+        description="After a tracking outage: record the runs, params, per-epoch metrics and "
+                    "final statuses that the sweep's Ray result files hold and its MLflow runs "
+                    "lack. SWEEP is a spec (file or shipped name) or a sweep's experiment folder. "
+                    "Running it twice records nothing the second time.")
+    sync.add_argument("sweep", metavar="SWEEP")
+    sync.set_defaults(func=_sweep_sync)
 
 
 # ----------------------------------------------------------------------------- dals report
@@ -59,10 +94,19 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sweeps import tracking
     from sweeps.report import make_report, sweep_folder
+    from sweeps.run import read_meta
 
-    path = make_report(sweep_folder(args.sweep), Path(args.out) if args.out else None)
+    folder = sweep_folder(args.sweep)
+    path = make_report(folder, Path(args.out) if args.out else None)
     print(f"report: {path}")
+    meta = read_meta(folder)
+    if meta is not None and meta.tracking_uri:  # MLflow down: say the report is not logged there
+        line = tracking.unrecorded_line(tracking.Store(meta.tracking_uri, meta.experiment), folder,
+                                        args.sweep)
+        if line:
+            print(line, file=sys.stderr)
     return 0
 
 
@@ -83,16 +127,29 @@ def _ui(args: argparse.Namespace) -> int:
     from sweeps.spec import load_spec
 
     spec = load_spec(args.spec, check_trials=False)[0] if args.spec else None
-    return ui.serve(ui.store_uri(spec, args.store), port=args.port)
+    return ui.serve(ui.store_uri(spec, args.store), host=args.host, port=args.port)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {port}")
+    return port
 
 
 def register_ui(subparsers: argparse._SubParsersAction) -> None:
-    from sweeps.ui import DEFAULT_PORT
+    from sweeps.ui import DEFAULT_HOST, DEFAULT_PORT
 
     ui = subparsers.add_parser("ui", help="start the MLflow UI for the sweeps' tracking store (127.0.0.1)")
     ui.add_argument("--store", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     ui.add_argument("--spec", default=None, help="use this spec's tracking URI")
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ui.add_argument("--port", type=_port, default=DEFAULT_PORT)
+    ui.add_argument("--host", default=DEFAULT_HOST,
+                    help=f"interface to listen on (default {DEFAULT_HOST}: this machine only; the UI "
+                         "has no login, so prefer an SSH tunnel to 0.0.0.0)")
     ui.set_defaults(func=_ui)
 
 

@@ -49,8 +49,11 @@ def repo_root() -> Path:
 
 def resolve_address(address: str | None) -> str:
     """--address, else $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS, else the local dashboard."""
-    for value in (address, *(os.environ.get(k) for k in ADDRESS_ENVS)):
+    from sweeps.cli import check_address
+
+    for name, value in (("--address", address), *((f"${k}", os.environ.get(k)) for k in ADDRESS_ENVS)):
         if value:
+            check_address(value, name)  # a typo is one line, not Ray's parse error
             return value if "://" in value else f"http://{value}"
     return DEFAULT_ADDRESS
 

@@ -54,7 +54,9 @@ def error_summary(trial: Any) -> str:
 
 
 def trial_key(trial: Any) -> str:
-    return trial.config.get("trial", {}).get("key", trial.trial_id)
+    """A sweep trial's key; a tuning trial's Optuna number (sweeps.tune puts it in the config)."""
+    number = trial.config.get("optuna_trial")
+    return trial.config.get("trial", {}).get("key", trial.trial_id if number is None else f"#{number}")
 
 
 class ProgressCallback(Callback):
@@ -86,8 +88,9 @@ class ProgressCallback(Callback):
             return
         if self._best is None:  # resumed: start from what earlier runs reported
             for t in trials:
-                self._best = better(self._best, (t.last_result or {}).get(self.metric),
-                                    trial_key(t), self.mode)
+                if (t.last_result or {}).get("status") != "diverged":
+                    self._best = better(self._best, (t.last_result or {}).get(self.metric),
+                                        trial_key(t), self.mode)
         line = status_line(self.name, time.monotonic() - self._start, self.total, trials,
                            self.metric, self._best)
         self.stream.write(("\r\033[K" + line + ("\n" if final else "")) if tty else line + "\n")
@@ -95,7 +98,8 @@ class ProgressCallback(Callback):
         self._last_counts, self._last_print = counts, time.monotonic()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self._best = better(self._best, result.get(self.metric), trial_key(trial), self.mode)
+        if result.get("status") != "diverged":  # what a diverged epoch measured is no result
+            self._best = better(self._best, result.get(self.metric), trial_key(trial), self.mode)
 
     def _say(self, line: str) -> None:
         tty = self.stream.isatty()

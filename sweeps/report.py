@@ -12,20 +12,24 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from sweeps.redact import redact
 from sweeps.run import SPEC_COPY, experiment_dir, final_status, read_meta, read_text
-from sweeps.spec import Spec, SpecError, load_spec, parse_spec
+from sweeps.spec import Spec, SpecError, load_spec, parse_spec, parse_yaml
 
 RESULTS_DIR = "results"
 LABELS = ["key", "strategy", "generation", "dataset", "regime", "seed"]
+# What a diverged epoch measured (accuracy of non-finite weights, NaN losses) is no result:
+# the report blanks these for that epoch, so a diverged seed never ranks or wins on them.
+DIVERGED_BLANK = ("eval_accuracy", "eval_loss", "train_loss")
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 def load_epochs(folder: str | Path) -> pd.DataFrame:
-    """One row per (trial, epoch) from the trial folders; `status` is the trial's final status."""
+    """One row per (trial, epoch) from the trial folders; `status` is the trial's final status.
+    The epoch a trial diverged in keeps its row, its metrics blanked (DIVERGED_BLANK)."""
     rows: list[dict] = []
     for trial_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
         params_file = trial_dir / "params.json"
@@ -38,6 +42,8 @@ def load_epochs(folder: str | Path) -> pd.DataFrame:
         for line in result_file.read_text().splitlines() if result_file.exists() else []:
             result = json.loads(line)
             metrics = {k: v for k, v in result.items() if k != "config"}
+            if result.get("status") == "diverged":
+                metrics.update({k: math.nan for k in DIVERGED_BLANK})
             epochs[int(result.get("epoch", result.get("training_iteration", 0)))] = metrics
         failed = any(trial_dir.glob("error.*"))
         last = epochs[max(epochs)] if epochs else {}
@@ -214,13 +220,19 @@ def sweep_folder(ref: str | Path) -> str:
     return folder
 
 
+def spec_copy(folder: str) -> Spec:
+    """The spec a sweep folder was run with (its copy there), read with YAML's safe loader: a
+    tampered copy (a `!!python/...` tag, bad YAML) is one SpecError line, never code run."""
+    source = f"{folder}/{SPEC_COPY}"
+    return parse_spec(parse_yaml(read_text(folder, SPEC_COPY) or "", source), source, check_trials=False)
+
+
 def write_report(folder: str, out_dir: Path | None = None) -> Path:
     """Write report.md + curve PNGs for the sweep in `folder`; returns the Markdown file."""
     meta = read_meta(folder)
     if meta is None:
         raise SpecError(f"{folder}: not a sweep folder (no dals-sweep.json)")
-    spec = parse_spec(yaml.safe_load(read_text(folder, SPEC_COPY)), f"{folder}/{SPEC_COPY}",
-                      check_trials=False)
+    spec = spec_copy(folder)
     out_dir = out_dir or Path(RESULTS_DIR) / spec.name
     out_dir.mkdir(parents=True, exist_ok=True)
     df = load_epochs(folder)
@@ -232,22 +244,23 @@ def write_report(folder: str, out_dir: Path | None = None) -> Path:
     winners = regime_winners(ranked, spec.mode)
     curves = plot_curves(df, spec.metric, out_dir)
     meta_line = f"Sweep id `{meta.sweep_id}`, spec hash `{meta.spec_hash}`"
-    text = render_markdown(spec, meta_line, per_trial, ranked, to_target, winners, curves)
+    # the report is for people: a password in any text the spec carried (description) is masked
+    text = redact(render_markdown(spec, meta_line, per_trial, ranked, to_target, winners, curves))
     path = out_dir / "report.md"
     path.write_text(text + "\n")
     ranked.to_csv(out_dir / "ranking.csv", index=False)
+    per_trial.to_csv(out_dir / "trials.csv", index=False)  # each trial's status: finished, diverged...
     return path
 
 
 def make_report(folder: str, out_dir: Path | None = None) -> Path:
-    """`write_report`, then log the folder to the sweep's MLflow parent run (when tracked)."""
+    """`write_report`, then log the folder to the sweep's MLflow parent run (when tracked; an
+    unreachable store is counted as not recorded, see `tracking.unrecorded_line`)."""
     path = write_report(folder, out_dir)
     meta = read_meta(folder)
     if meta and meta.tracking_uri:
         from sweeps import tracking
 
-        store = tracking.Store(meta.tracking_uri, meta.experiment)
-        parent, _ = tracking.sweep_runs(store, meta.sweep_id)
-        if parent is not None:
-            tracking.log_folder(store, parent.info.run_id, path.parent, "report")
+        tracking.log_report(tracking.Store(meta.tracking_uri, meta.experiment), meta.sweep_id,
+                            path.parent)
     return path

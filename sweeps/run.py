@@ -8,10 +8,10 @@ report can be regenerated from the folder alone and a changed spec is refused, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -32,21 +32,35 @@ SPEC_COPY = "dals-spec.yaml"
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Ray function trainable: one `Trial`, restored from Ray's checkpoint, reported every epoch."""
+    """Ray function trainable: one `Trial`, resumed from its newest checkpoint, reported every epoch.
+
+    Epochs the driver never recorded (it was killed) are reported again from the checkpoint or the
+    trial's final record, not trained again (`recovery.resume`); `DALS_FAULT` injects a failure
+    for tests (`recovery.Faults`).
+    """
     from ray import tune
 
+    from sweeps import recovery
     from sweeps.trainable import Trial
 
     trial = Trial(config["trial"]["config"])
+    folder = recovery.TrialFolder.current()
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trial.restore(folder)
+    with contextlib.ExitStack() as stack:
+        given = None
+        if checkpoint is not None:  # on local storage, read in place (a deleted one is skipped)
+            given = Path(checkpoint.path if folder.local()
+                         else stack.enter_context(checkpoint.as_directory()))
+        replay = recovery.resume(trial, given, folder)
+    for metrics in replay:
+        tune.report(dict(metrics))
+    faults = recovery.Faults.from_env(config["trial"]["key"], folder)
     while not trial.done:
         metrics = trial.run_epoch()
-        with tempfile.TemporaryDirectory() as folder:
-            trial.save(folder)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        faults.after_epoch(trial.epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            trial.save(tmp)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def trial_entry(trial: TrialSpec) -> dict[str, Any]:
@@ -191,18 +205,23 @@ def _scheduler(spec: Spec, entries: list[dict[str, Any]]):
 def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
     from ray import tune
 
+    from sweeps.recovery import storage_filesystem
+
     trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu,
                                                   "gpu": spec.resources.gpu})
     folder = experiment_dir(spec)
-    if tune.Tuner.can_restore(folder):
-        return tune.Tuner.restore(folder, trainable=trainable, resume_errored=True), True
+    fs = storage_filesystem(folder)  # files appear whole: a kill never leaves a truncated one
+    if tune.Tuner.can_restore(folder, storage_filesystem=fs):
+        return tune.Tuner.restore(folder, trainable=trainable, resume_errored=True,
+                                  storage_filesystem=fs), True
     tune_config = tune.TuneConfig(
         metric=spec.metric, mode=spec.mode, scheduler=_scheduler(spec, entries),
         max_concurrent_trials=spec.resources.max_concurrent, reuse_actors=True,
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=spec.storage_path(), verbose=0, callbacks=callbacks,
+        name=spec.name, storage_path=spec.storage_path(), storage_filesystem=fs, verbose=0,
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
     )
@@ -211,23 +230,32 @@ def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
     return tuner, False
 
 
-def saved_counts(folder: str) -> tuple[int, int]:
-    """(finished, failed) trials as Tune saved them. After Ctrl+C, Tune's in-memory trials show
-    the interrupted ones as terminated; the saved state, which a resume starts from, does not."""
+def saved_trials(folder: str) -> list:
+    """Trials as Tune last saved them (what a resume starts from). After Ctrl+C, Tune's in-memory
+    trials show the interrupted ones as terminated; the saved state does not."""
     from ray.tune import ExperimentAnalysis
 
-    statuses = [t.status for t in ExperimentAnalysis(folder).trials]
+    return ExperimentAnalysis(folder).trials
+
+
+def saved_counts(folder: str) -> tuple[int, int]:
+    """(finished, failed) trials as Tune saved them."""
+    statuses = [t.status for t in saved_trials(folder)]
     return statuses.count("TERMINATED"), statuses.count("ERROR")
 
 
 class DropFinalCheckpoints(Callback):
     """Delete a trial's checkpoints once it has finished (local storage): a finished trial is
-    never resumed, and its metrics live in result.json and MLflow."""
+    never resumed, and its metrics live in result.json and MLflow. Should the driver die before
+    Tune saves the trial as finished, the trial's final record (`recovery.FINAL_FILE`) lets the
+    resumed trainable report it finished instead of training it again."""
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from sweeps import recovery
+
         if trial.path and "://" not in trial.path:
-            for folder in Path(trial.path).glob("checkpoint_*"):
-                shutil.rmtree(folder, ignore_errors=True)
+            recovery.record_final(trial)
+            recovery.empty_checkpoints(trial.path)  # the folders go once Tune has saved its state
 
 
 @dataclass(frozen=True)
@@ -252,7 +280,7 @@ class Outcome:
 def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh: bool = False,
               report: bool = True, num_cpus: int | None = None, say=print) -> Outcome:
     """Run (or resume) the sweep; returns counts. Ctrl+C stops it with its state saved."""
-    from sweeps import progress, tracking
+    from sweeps import progress, recovery, tracking
 
     start = time.monotonic()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
@@ -275,14 +303,21 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
             callbacks.append(tracking.MlflowCallback(store, meta.sweep_id))
     tuner, restored = _tuner(spec, entries, callbacks)
     before = saved_counts(experiment_dir(spec))[0] if restored else 0
-    where = f"MLflow {meta.tracking_uri} (experiment {meta.experiment})" if store else "MLflow off"
+    where = f"MLflow {store.shown} (experiment {meta.experiment})" if store else "MLflow off"
     state = f"resuming, {before} finished before" if restored else "new"
     say(f"sweep {spec.name}: {len(entries)} trials ({state}) · {experiment_dir(spec)} · {where}")
 
     tuner.fit()
     if store is not None:
         tracking.flush_all()
-    finished, failed = saved_counts(experiment_dir(spec))
+    trials = saved_trials(experiment_dir(spec))
+    recovery.complete_results(trials)
+    recovery.drop_empty_checkpoints(trials)
+    if store is not None:  # skipped, and counted, while MLflow is unreachable
+        tracking.attempt(store, tracking.Writes(),
+                         lambda: recovery.reconcile_tracking(store, meta.sweep_id, trials))
+    statuses = [t.status for t in trials]
+    finished, failed = statuses.count("TERMINATED"), statuses.count("ERROR")
     outcome = Outcome(
         name=spec.name, sweep_id=meta.sweep_id, folder=experiment_dir(spec), total=len(entries),
         finished=finished, failed=failed, finished_before=before,
@@ -298,6 +333,9 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
         say(f"report: {report_file}")
     if store is not None:
         tracking.close_parent(store, parent_id, "FINISHED" if outcome.complete else "KILLED")
+        missing = tracking.unrecorded_line(store, experiment_dir(spec), spec_file)
+        if missing:  # MLflow was down at the end: say what it lacks and how to record it
+            say(missing)
     return replace(outcome, report=str(report_file) if report_file else None)
 
 

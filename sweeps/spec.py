@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, field_validator,
+    model_validator,
+)
 
 SPECS_DIR = Path(__file__).parent / "specs"
 METRICS = ("eval_accuracy", "eval_loss", "train_loss")
 DEFAULT_STORAGE = "dals-runs"
 DEFAULT_TRACKING_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
+# Bounds that keep a bad spec a quick error rather than a hang or a huge allocation.
+MAX_SPEC_BYTES = 256 * 1024  # the shipped specs are ~1 KiB
+MAX_VALUES = 100_000  # values in a spec file, an alias counting each time it is used
+MAX_DEPTH = 32  # nesting levels
+MAX_TRIALS = 10_000  # trials in a sweep, and per tuning study
+MAX_SEED = 2**32 - 1  # numpy and Optuna seeds are 32-bit
 
 
 class SpecError(ValueError):
@@ -77,16 +87,42 @@ def _reject_unknown(data: Any, allowed: list[str]) -> Any:
     return data
 
 
+def _not_bool(v: Any) -> Any:
+    """YAML's true/false would pass as 1/0 (pydantic's lax mode): a bool is never a count or a size."""
+    if isinstance(v, bool):
+        raise ValueError(f"Input should be a number, not {str(v).lower()}")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def _kind(v: Any) -> str:
+    """How a YAML value reads in a message."""
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _scalar(v: Any, handler: Any) -> Any:
+    """One message for a value that is none of the union's types (pydantic names every member,
+    with the member's type as a bogus last key of the path)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"must be a finite number, got {v}")
+    if not isinstance(v, (bool, int, float, str)):
+        raise ValueError(f"must be a number, bool or string, got {_kind(v)}")
+    return handler(v)
+
+
+Scalar = Annotated[bool | int | float | str, WrapValidator(_scalar)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
         return _reject_unknown(data, list(cls.model_fields))
-
-
-Scalar = bool | int | float | str
 
 
 def trial_setting_keys() -> list[str]:
@@ -105,7 +141,8 @@ class TrialSettings(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     hp: dict[str, Scalar] = Field(default_factory=dict, description="strategy hyperparameters")
-    target: float | None = Field(None, description="metric value for the epochs-to-target table")
+    target: Float | None = Field(None, allow_inf_nan=False,
+                                description="metric value for the epochs-to-target table")
 
     @model_validator(mode="before")
     @classmethod
@@ -129,7 +166,7 @@ class TrialSettings(BaseModel):
 class Grid(Strict):
     strategies: list[str] = Field(min_length=1)
     datasets: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Int] = Field(min_length=1)
 
     @field_validator("strategies", "datasets", mode="before")
     @classmethod
@@ -139,10 +176,11 @@ class Grid(Strict):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_count(cls, v: Any) -> Any:
-        """`seeds: 3` means seeds 0, 1, 2."""
+        """`seeds: 3` means seeds 0, 1, 2 (a count is bounded before the list is made)."""
         if isinstance(v, int) and not isinstance(v, bool):
-            if v < 1:
-                raise ValueError("a seed count must be >= 1 (or give a list of seeds)")
+            if not 1 <= v <= MAX_TRIALS:
+                raise ValueError(f"a seed count must be between 1 and {MAX_TRIALS} (or give a list "
+                                 f"of seeds), got {v}")
             return list(range(v))
         return v
 
@@ -161,25 +199,34 @@ class Grid(Strict):
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if any(s < 0 for s in v):
-            raise ValueError("seeds must be >= 0")
+        bad = next((s for s in v if not 0 <= s <= MAX_SEED), None)
+        if bad is not None:
+            raise ValueError(f"seeds must be >= 0 and <= {MAX_SEED}, got {bad}")
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _size(self) -> Grid:
+        n = len(self.strategies) * len(self.datasets) * len(self.seeds)
+        if n > MAX_TRIALS:
+            raise ValueError(f"{len(self.strategies)} strategies x {len(self.datasets)} datasets x "
+                             f"{len(self.seeds)} seeds = {n} trials; a sweep has at most {MAX_TRIALS}")
+        return self
 
 
 class Resources(Strict):
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed)")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
-    max_concurrent: int | None = Field(None, ge=1, description="default: as many as fit")
+    cpu: Float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed)")
+    gpu: Float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
+    max_concurrent: Int | None = Field(None, ge=1, description="default: as many as fit")
 
 
 class Failure(Strict):
-    max_retries: int = Field(1, ge=-1, description="per trial; -1 retries forever")
+    max_retries: Int = Field(1, ge=-1, description="per trial; -1 retries forever")
 
 
 class Scheduler(Strict):
     type: Literal["none", "asha"] = "none"
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
-    reduction_factor: float = Field(2.0, gt=1)
+    grace_period: Int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: Float = Field(2.0, gt=1)
 
 
 class Tracking(Strict):
@@ -222,7 +269,7 @@ class Spec(Workspace, Strict):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     tracking: Tracking = Field(default_factory=Tracking)
     storage: str = Field(DEFAULT_STORAGE, description="Ray Tune storage path (local or URI)")
-    keep_checkpoints: int = Field(1, ge=1, description="per running trial")
+    keep_checkpoints: Int = Field(1, ge=1, description="per running trial")
     keep_final_checkpoint: bool = Field(
         False, description="keep a finished trial's last checkpoint (a fine-tuned encoder's is "
                            "~270 MB: 270 of them fill a disk)")
@@ -242,7 +289,7 @@ class Spec(Workspace, Strict):
 
     def regime(self, dataset: str) -> str:
         """The dataset's regime, unless the spec trains it in the other one (`regime:` setting)."""
-        return self.settings(dataset).model_dump().get("regime") or dataset_regime(dataset)
+        return settings_regime(self.settings(dataset), dataset)
 
     def trials(self) -> list[TrialSpec]:
         """The grid in a stable order: dataset, then strategy (registry order), then seed."""
@@ -258,6 +305,12 @@ class Spec(Workspace, Strict):
         """Dataset -> target metric value, for datasets that set one."""
         return {d: t for d in self.grid.datasets if (t := self.settings(d).target) is not None}
 
+
+def settings_regime(settings: TrialSettings, dataset: str) -> str:
+    """A `regime:` setting, else the dataset's. A non-string setting is left to `trial_config` to
+    reject: here it would become a study's (unhashable) key."""
+    regime = settings.model_dump().get("regime")
+    return regime if isinstance(regime, str) and regime else dataset_regime(dataset)
 
 
 @dataclass(frozen=True)
@@ -316,10 +369,18 @@ def resolve_path(ref: str | Path) -> Path:
     raise SpecError(f"{ref}: no such spec file; shipped specs: {names}")
 
 
+def _key(part: Any) -> str:
+    """A path element as a message shows it: plain keys bare, odd ones (spaces, newlines) quoted."""
+    if isinstance(part, str) and not re.fullmatch(r"[\w@.:+\[\]-]+", part):
+        return repr(part)
+    return str(part)
+
+
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    loc = ".".join(_key(p) for p in first["loc"])
+    msg = (first["msg"].splitlines() or [""])[0]
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
 
@@ -327,19 +388,45 @@ def _one_line(err: ValidationError) -> str:
 def parse_spec(data: Any, source: str = "<spec>", *, check_trials: bool = True) -> Spec:
     """A mapping -> Spec; with `check_trials`, also every trial's config via the trainable."""
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a spec is a mapping of keys (name, grid, ...), got {type(data).__name__}")
+        raise SpecError(f"{source}: a spec is a mapping of keys (name, grid, ...), got {_kind(data)}")
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
         raise SpecError(f"{source}: {_one_line(e)}") from None
     if check_trials:
-        for trial in spec.trials():
+        # A config depends on the seed only through its range, which Grid checked: one seed will do.
+        for trial in spec.trials()[:: len(spec.grid.seeds)]:
             try:
                 trial.config()
-            except ValueError as e:
+            except (ValueError, TypeError) as e:
                 where = _culprit(spec, trial)
-                raise SpecError(f"{source}: {where} (trial {trial.key}): {e}") from None
+                raise SpecError(f"{source}: {where} (trial {trial.key}): {first_line(e)}") from None
+        check_defaults(spec.defaults, spec.grid.strategies, spec.grid.datasets, source)
     return spec
+
+
+def check_defaults(defaults: TrialSettings, strategies: list[str], datasets: list[str],
+                   source: str) -> None:
+    """`defaults` that every dataset overrides must still fit some dataset: `epochs: 0` there is a
+    mistake to report, not a dead value to ignore."""
+    from sweeps.trainable import trial_config
+
+    for strategy in strategies:
+        errors = []
+        for dataset in datasets:
+            try:
+                trial_config(strategy=strategy, dataset=dataset, seed=0, **defaults.trial_kwargs())
+                break
+            except (ValueError, TypeError) as e:
+                errors.append(e)
+        else:
+            raise SpecError(f"{source}: defaults (with {strategy} on {datasets[0]}): "
+                            f"{first_line(errors[0])}")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (an error is one line, whatever raised it)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _culprit(spec: Spec, trial: TrialSpec) -> str:
@@ -348,19 +435,101 @@ def _culprit(spec: Spec, trial: TrialSpec) -> str:
         return "defaults"
     try:
         replace(trial, settings=spec.defaults).config()
-    except ValueError:
+    except (ValueError, TypeError):
         return "defaults"
     return f"datasets.{trial.dataset}"
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """yaml's safe loader (libyaml's when built: 7x faster on a big file), refusing duplicate keys:
+    a key given twice would otherwise silently take its last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string; YAML 1.2 and every user read it as a float.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data with the spec loader (safe, no duplicate keys, `1e-3` a float), or one
+    SpecError line naming ``source``."""
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or first_line(e)
+        raise SpecError(f"{source}{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: not valid YAML: nested too deeply") from None
+    _check_shape(data, source)
+    return data
+
+
+def read_yaml(path: Path) -> Any:
+    """A spec file's data, or one SpecError line: unreadable, too big, not UTF-8, not YAML (duplicate
+    keys included), or too large or deep once aliases are expanded."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the file: {e.strerror or first_line(e)}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: over {MAX_SPEC_BYTES // 1024} KiB; a spec file is smaller than that")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    return parse_yaml(text, str(path))
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """Bound the values and the nesting before anything walks them: a few aliases can make a small
+    file stand for billions of values, and deep nesting exhausts the stack."""
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 0)]
+    count = 0
+    while stack:
+        value, loc, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError(f"{source}: {_section(loc)}: over {MAX_VALUES} values in the spec "
+                            "(an alias counts each time it is used)")
+        if depth > MAX_DEPTH:
+            raise SpecError(f"{source}: {_section(loc)}: nested over {MAX_DEPTH} levels deep")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        stack.extend((v, (*loc, k), depth + 1) for k, v in items)
+
+
+def _section(loc: tuple) -> str:
+    """Where in the file a value sits, for a message: its first few keys, up to a list index."""
+    keys: list[str] = []
+    for part in loc[:4]:
+        if not isinstance(part, str):
+            break
+        keys.append(_key(part))
+    return ".".join(keys) or "the file"
 
 
 def load_spec(ref: str | Path, *, check_trials: bool = True) -> tuple[Spec, Path]:
     """Read, parse and validate a spec file; returns the spec and the file it came from."""
     path = resolve_path(ref)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{path}{where}: not valid YAML: {problem}") from None
-    return parse_spec(data, str(path), check_trials=check_trials), path
+    return parse_spec(read_yaml(path), str(path), check_trials=check_trials), path

@@ -21,12 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search.optuna import OptunaSearch
+
 from sweeps import tracking
+from sweeps.redact import redact
 from sweeps.spec import SpecError
 from sweeps.tune_spec import Study, TuneSpec
 
 ATTR_SWEEP = "dals.sweep_id"
 ATTR_SPEC = "dals.spec"
+ATTR_RETRY_OF = "dals.retry_of"  # on a re-queued trial: the number of the one a killed driver left
+OPTUNA_TRIAL = "optuna_trial"  # config key: the Optuna trial number of a Ray trial
 
 
 # ----------------------------------------------------------------------------- Optuna storage
@@ -72,13 +77,35 @@ def open_study(spec: TuneSpec, study: Study, storage, fresh: bool):
     return ot
 
 
-def sampler(spec: TuneSpec):
+def recover_study(ot, remaining: int, space: list[str]) -> tuple[list[int], list[int]]:
+    """Trials a killed driver left RUNNING (one driver runs a study at a time): marked FAIL, and up
+    to `remaining` of those whose params were all drawn queued again with them, so the study still
+    evaluates what its sampler chose and counts only finished trials. Returns the numbers of the
+    stale trials and of those queued again."""
+    from optuna.trial import TrialState
+
+    stale = ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    waiting = len(ot.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    for t in stale:
+        ot.tell(t.number, state=TrialState.FAIL)
+    drawn = [t for t in stale if set(t.params) == set(space)]  # killed before its params: none
+    again = drawn[:max(remaining - waiting, 0)]
+    for t in again:
+        ot.enqueue_trial(t.params, user_attrs={ATTR_RETRY_OF: t.number})
+    return [t.number for t in stale], [t.number for t in again]
+
+
+def sampler(spec: TuneSpec, trials_so_far: int = 0):
+    """The spec's sampler, its seed offset by the trials the study already holds: a run that
+    continues a study draws new points, not again the ones the first run drew with the same seed
+    (TPE starts from seeded random points), and the same study history still gives the same draws."""
     import optuna
 
     s = spec.tune.sampler
+    seed = None if s.seed is None else (s.seed + trials_so_far) % 2**32  # numpy's seed range
     if s.type == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 # ----------------------------------------------------------------------------- the trainable
@@ -119,6 +146,36 @@ def tune_trial(config: dict[str, Any]) -> None:
         tune.report(report)
 
 
+class NumberedOptunaSearch(OptunaSearch):
+    """OptunaSearch that puts each trial's Optuna number in its config (`optuna_trial`): MLflow
+    runs and progress lines name the study's trial, and a killed run's MLflow runs can be matched
+    with the study's trials."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        params = super().suggest(trial_id)
+        if isinstance(params, dict) and trial_id in self._ot_trials:
+            params[OPTUNA_TRIAL] = self._ot_trials[trial_id].number
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A trial the scheduler (ASHA) stopped before its last epoch is PRUNED in Optuna, as Optuna's
+        own pruners record it, not COMPLETE with an early epoch's value competing for best."""
+        stopped_early = not error and result is not None and result.get("status") == "running"
+        if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            from optuna.trial import TrialState
+
+            ot_trial, step = self._ot_trials[trial_id], result.get("epoch")
+            if step is not None and math.isfinite(result.get(self.metric, math.nan)):
+                try:  # its last epoch, so the pruned curve is whole
+                    ot_trial.report(result[self.metric], step)
+                except Exception:  # noqa: BLE001 - already reported at that step: keep the first
+                    pass
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
 @dataclass(frozen=True)
 class ConfigsFn:
     """Picklable: sampled hp -> the trainable configs of every (dataset, seed) of a study."""
@@ -147,9 +204,10 @@ class TuneMlflowCallback(tracking.MlflowCallback):
 
     def _entry(self, trial: Any) -> dict[str, Any]:
         hp = {k: trial.config.get(k) for k in self.params}
-        key = f"{self.study_name}/{trial.trial_id}"
-        return {"key": key, "slug": f"{self.study_name}-{trial.trial_id}", "labels": self.labels,
-                "config": {"hp": hp}, "hp": hp}
+        number = trial.config.get(OPTUNA_TRIAL)
+        ident = trial.trial_id if number is None else number
+        return {"key": f"{self.study_name}/{ident}", "slug": f"{self.study_name}-{ident}",
+                "labels": {**self.labels, OPTUNA_TRIAL: number}, "config": {"hp": hp}, "hp": hp}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._submit(self._child, trial.trial_id, self._entry(trial))
@@ -167,6 +225,31 @@ class TuneMlflowCallback(tracking.MlflowCallback):
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._submit(self._tag, trial.trial_id, self._entry(trial), "retrying")
+
+
+def reconcile_runs(store: tracking.Store, sweep_id: str, ot, metric: str, epochs: int) -> None:
+    """MLflow child runs a killed driver left RUNNING: a run whose Optuna trial finished is ended
+    as such (with the trial's value as its last metric if that was not logged yet); the others
+    are tagged interrupted (their trials were marked FAIL and queued again)."""
+    from optuna.trial import TrialState
+
+    _, children = tracking.sweep_runs(store, sweep_id)
+    trials = {t.number: t for t in ot.get_trials(deepcopy=False)}
+    client = store.client()
+    for run in children:
+        if run.info.status != "RUNNING":
+            continue
+        number = run.data.params.get(OPTUNA_TRIAL, "")
+        t = trials.get(int(number)) if number.isdigit() else None
+        if t is None or t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            client.set_tag(run.info.run_id, tracking.TAG_STATUS, "interrupted")
+            client.set_terminated(run.info.run_id, "KILLED")
+            continue
+        step = max(t.intermediate_values, default=epochs)
+        if t.value is not None and run.data.metrics.get(metric) != t.value:
+            client.log_metric(run.info.run_id, metric, float(t.value), step=step)
+        client.set_tag(run.info.run_id, tracking.TAG_STATUS, "finished" if step >= epochs else "stopped")
+        client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def log_summary(store: tracking.Store, parent_id: str, ot) -> None:
@@ -222,15 +305,22 @@ def run_study(spec: TuneSpec, spec_file: Path, study: Study, *, fresh: bool = Fa
               say=print) -> StudyOutcome:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps import progress
 
     storage = optuna_storage(spec.optuna_storage_url())
     ot = open_study(spec, study, storage, fresh)
     sweep_id = ot.user_attrs[ATTR_SWEEP]
     before = done_count(ot)
     remaining = max(spec.tune.trials - before, 0)
+    trials_so_far = len(ot.get_trials(deepcopy=False))
+    stale, again = recover_study(ot, remaining, list(spec.tune.space))
+    if stale:
+        say(f"study {study.name}: trials {', '.join(map(str, stale))} were left running by a run "
+            f"that did not end: marked failed; params of {len(again)} queued again")
     say(f"study {study.name}: {before}/{spec.tune.trials} trials done, running {remaining} "
-        f"(storage {spec.optuna_storage_url()})")
+        f"(storage {redact(spec.optuna_storage_url())})")
+    max_epochs = max(c["epochs"] for c in study.configs(0, {}))
     store = tracking.Store(spec.tracking_uri(), spec.experiment()) if spec.tracking.enabled else None
     parent_id = None
     callbacks: list = []
@@ -242,21 +332,24 @@ def run_study(spec: TuneSpec, spec_file: Path, study: Study, *, fresh: bool = Fa
              "seeds": spec.tune.seeds, "metric": spec.metric, "mode": spec.mode,
              "sampler": spec.tune.sampler.type, "pruning": spec.tune.pruning.type,
              "optuna_storage": spec.optuna_storage_url()})
+        tracking.attempt(store, tracking.Writes(),  # skipped while MLflow is unreachable
+                         lambda: reconcile_runs(store, sweep_id, ot, spec.metric, max_epochs))
         labels = {"strategy": spec.tune.strategy, "study": study.name, "regime": study.regime,
                   "datasets": ",".join(study.datasets)}
         callbacks.append(TuneMlflowCallback(store, sweep_id, study.name, labels, list(spec.tune.space)))
     if remaining:
+        callbacks.insert(0, progress.ProgressCallback(study.name, remaining, spec.metric, spec.mode))
         seeds = tuple(range(spec.tune.seeds))
-        searcher = OptunaSearch(
+        searcher = NumberedOptunaSearch(
             space={k: p.distribution() for k, p in spec.tune.space.items()},
-            metric=spec.metric, mode=spec.mode, sampler=sampler(spec),
+            metric=spec.metric, mode=spec.mode, sampler=sampler(spec, trials_so_far),
             study_name=study.name, storage=storage)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.tune.concurrency)
         scheduler = None
         if spec.tune.pruning.type == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            max_t = max(c["epochs"] for c in study.configs(0, {}))
+            max_t = max_epochs
             scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t,
                                       grace_period=min(spec.tune.pruning.grace_period, max_t),
                                       reduction_factor=spec.tune.pruning.reduction_factor)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
+
+PRESET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweeps.tune import run_tune
+    from sweeps.cli import check_address
     from sweeps.tune_spec import load_tune_spec
 
-    spec, path = load_tune_spec(args.spec)
+    spec, path = load_tune_spec(args.spec)  # every input is checked before Ray, Optuna or MLflow
+    if args.address is not None:
+        check_address(args.address)
+    from sweeps.tune import run_tune
+
     outcomes = run_tune(spec, path, address=args.address, fresh=args.fresh)
     short = [o.name for o in outcomes if o.done < o.trials]
     if short:
@@ -21,19 +29,30 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sweeps.tune import export_preset
     from sweeps.tune_spec import JOURNAL_FILE, load_tune_spec
-    from pathlib import Path
 
+    if args.preset is not None and not re.fullmatch(PRESET_NAME, args.preset):
+        raise ValueError(f"--preset {args.preset!r}: a preset name is letters, digits, '_', '.' and '-'")
     if args.storage:
         url = args.storage
     elif args.spec:
         url = load_tune_spec(args.spec, check_trials=False)[0].optuna_storage_url()
     else:
         url = str(Path(JOURNAL_FILE).resolve())
+    _check_storage_exists(url)
+    from sweeps.tune import export_preset
+
     path = export_preset(args.study, url, args.preset)
     print(f"preset: {path}")
     return 0
+
+
+def _check_storage_exists(url: str) -> None:
+    """Opening a journal file or an SQLite URL creates it: export reads studies, it makes none."""
+    file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
+    if file is not None and not Path(file).is_file():
+        raise ValueError(f"no Optuna storage at {file}: no study has run there "
+                         "(give the tuning spec with --spec, or --storage)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,26 +12,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sweeps.spec import (
-    DEFAULT_STORAGE, METRICS, Resources, SpecError, Strict, Tracking,
-    TrialSettings, Workspace, _one_line, dataset_regime, expand_strategies, resolve_path,
+    DEFAULT_STORAGE, MAX_SEED, MAX_TRIALS, METRICS, Float, Int, Resources, Scalar, SpecError, Strict,
+    Tracking, TrialSettings, Workspace, _kind, _one_line, check_defaults, dataset_regime,
+    expand_strategies, first_line, read_yaml, resolve_path, settings_regime,
 )
 
 JOURNAL_FILE = "optuna-journal.log"
+MAX_SEEDS_PER_TRIAL = 100
 
 
 class Param(Strict):
     """One search-space dimension, in Optuna's conventions."""
 
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: Float | None = None
+    high: Float | None = None
     log: bool = False
-    step: float | None = Field(None, gt=0)
-    choices: list[bool | int | float | str] | None = None
+    step: Float | None = Field(None, gt=0)
+    choices: list[Scalar] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Param:
@@ -80,13 +81,13 @@ class Param(Strict):
 
 class Sampler(Strict):
     type: Literal["tpe", "random"] = "tpe"
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
 
 
 class Pruning(Strict):
     type: Literal["none", "asha"] = "none"
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
-    reduction_factor: float = Field(2.0, gt=1)
+    grace_period: Int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: Float = Field(2.0, gt=1)
 
 
 class Tune(Strict):
@@ -94,9 +95,10 @@ class Tune(Strict):
     datasets: list[str] = Field(min_length=1)
     study_per: Literal["regime", "dataset"] = "regime"
     space: dict[str, Param] = Field(min_length=1)
-    trials: int = Field(ge=1, description="per study")
-    concurrency: int = Field(ge=1, description="trials running at once (always limited)")
-    seeds: int = Field(2, ge=1, description="seeds per trial: the objective is their mean")
+    trials: Int = Field(ge=1, le=MAX_TRIALS, description="per study")
+    concurrency: Int = Field(ge=1, description="trials running at once (always limited)")
+    seeds: Int = Field(2, ge=1, le=MAX_SEEDS_PER_TRIAL,
+                       description="seeds per trial: the objective is their mean")
     sampler: Sampler = Field(default_factory=Sampler)
     pruning: Pruning = Field(default_factory=Pruning)
     storage: str | None = Field(None, description=f"Optuna storage: an RDB URL or a journal file "
@@ -159,7 +161,7 @@ class TuneSpec(Workspace, Strict):
         return self.defaults.merged(self.datasets.get(dataset))
 
     def regime(self, dataset: str) -> str:
-        return self.settings(dataset).model_dump().get("regime") or dataset_regime(dataset)
+        return settings_regime(self.settings(dataset), dataset)
 
     def studies(self) -> list[Study]:
         """One study per regime (its datasets together) or per dataset, in the spec's order."""
@@ -210,9 +212,12 @@ class Study:
 
 def parse_tune_spec(data: Any, source: str = "<spec>", *, check_trials: bool = True) -> TuneSpec:
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a spec is a mapping of keys (name, tune, ...), got {type(data).__name__}")
+        raise SpecError(f"{source}: a spec is a mapping of keys (name, tune, ...), got {_kind(data)}")
     if "tune" not in data:
-        raise SpecError(f"{source}: tune: missing (a tuning spec needs a `tune:` section)")
+        unknown = [k for k in data if k not in TuneSpec.model_fields]
+        hint = ("; a sweep spec? run it with `dals sweep run`" if "grid" in data
+                else f"; unknown key {unknown[0]!r}" if unknown else "")
+        raise SpecError(f"{source}: tune: missing (a tuning spec needs a `tune:` section){hint}")
     try:
         spec = TuneSpec.model_validate(data)
     except ValidationError as e:
@@ -222,18 +227,28 @@ def parse_tune_spec(data: Any, source: str = "<spec>", *, check_trials: bool = T
         for study in spec.studies():
             try:
                 study.configs(0, sample)
-            except ValueError as e:
-                raise SpecError(f"{source}: study {study.name}: {str(e).splitlines()[0]}") from None
+            except (ValueError, TypeError) as e:
+                where = _culprit(study)
+                raise SpecError(f"{source}: {where}: study {study.name}: {first_line(e)}") from None
+        check_defaults(spec.defaults, [spec.tune.strategy], spec.tune.datasets, source)
     return spec
+
+
+def _culprit(study: Study) -> str:
+    """Which section a setting the trainable rejected came from: `defaults`, a dataset's, or the
+    search space's values (the first point of each range, the first choice)."""
+    from sweeps.trainable import trial_config
+
+    spec = study.spec
+    for d in study.datasets:
+        for where, settings in (("defaults", spec.defaults), (f"datasets.{d}", spec.settings(d))):
+            try:
+                trial_config(strategy=spec.tune.strategy, dataset=d, seed=0, **settings.trial_kwargs())
+            except (ValueError, TypeError):
+                return where
+    return "tune.space"
 
 
 def load_tune_spec(ref: str | Path, *, check_trials: bool = True) -> tuple[TuneSpec, Path]:
     path = resolve_path(ref)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{path}{where}: not valid YAML: {problem}") from None
-    return parse_tune_spec(data, str(path), check_trials=check_trials), path
+    return parse_tune_spec(read_yaml(path), str(path), check_trials=check_trials), path

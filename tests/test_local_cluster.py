@@ -170,3 +170,109 @@ def test_tune_submit_records_every_trial_once(cluster, tmp_path):
     client = store.client()
     children = client.search_runs([store.experiment_id(client)], f"tags.`{tracking.TAG_ROLE}` = 'trial'")
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+
+
+# ----------------------------------------------------------------------------- loopback and node loss
+# The node-loss test stops the worker node for good: it stays the last test of this module.
+
+
+def test_dashboard_mlflow_and_postgres_listen_on_loopback_only(cluster):
+    """The services that would hand this machine to anyone who reaches them bind 127.0.0.1."""
+    from urllib.parse import urlsplit
+
+    from sockets import loopback_only
+
+    ports = {"Ray dashboard": urlsplit(cluster["dashboard"]).port,
+             "MLflow server": urlsplit(cluster["mlflow"]).port,
+             "PostgreSQL": urlsplit(cluster["postgres"]).port}
+    assert {name: loopback_only(port) for name, port in ports.items()} == dict.fromkeys(ports, True)
+
+
+def actor_nodes(address: str, job_id: str) -> dict[int, str]:
+    """pid -> node id of the job's Ray Tune trial actors (dead ones included)."""
+    from ray.util.state import list_actors
+
+    ray_job = jobs.client(address).get_job_info(job_id).job_id
+    if ray_job is None:  # the job's driver has not started yet
+        return {}
+    actors = list_actors(address=address, filters=[("job_id", "=", ray_job)], detail=True, limit=1000)
+    return {a.pid: a.node_id for a in actors if a.class_name == "ImplicitFunc" and a.pid}
+
+
+def result_rows(folder: Path) -> dict[str, list[dict]]:
+    """Trial key -> its result.json rows, in order."""
+    out: dict[str, list[dict]] = {}
+    for result in folder.glob("*/result.json"):
+        for line in result.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out.setdefault(row["config"]["trial"]["key"], []).append(row)
+    return out
+
+
+def test_lost_worker_node_moves_its_trial_to_the_head(cluster, tmp_path):
+    """Kill the worker node (SIGKILL, as a machine dies) while a trial trains on it: Tune's
+    FailureConfig (the spec's failure.max_retries, 1 by default) restores that trial from its last
+    checkpoint on the head, every trial ends exactly once, and MLflow holds one child run per trial
+    with each epoch logged once."""
+    from ray.tune import ExperimentAnalysis
+
+    epochs = 8
+    spec = tmp_path / "node-loss.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        name: node-loss
+        grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
+        defaults: {{epochs: {epochs}, max_train: 2000, max_eval: 300}}
+        resources: {{cpu: 1}}
+        tracking: {{uri: "{cluster['mlflow']}", experiment: node-loss}}
+        storage: {tmp_path / 'runs'}
+    """))
+    address, folder = cluster["dashboard"], tmp_path / "runs" / "node-loss"
+    assert dals("sweep", "submit", str(spec), "--address", address) == 0
+    job_id = next(j.submission_id for j in jobs.client(address).list_jobs()
+                  if (j.metadata or {}).get(jobs.META_SPEC) == "node-loss")
+    worker, head = node_ids(address)["worker"], node_ids(address)["head"]
+
+    def on_worker() -> set[str]:
+        """Keys of unfinished trials whose latest epoch ran on the worker node."""
+        nodes = actor_nodes(address, job_id)
+        return {key for key, rows in result_rows(folder).items()
+                if rows[-1]["status"] == "running" and nodes.get(rows[-1]["pid"]) == worker}
+
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (lost := on_worker()):
+        status = jobs.client(address).get_job_status(job_id)
+        assert not status.is_terminal() and time.monotonic() < deadline, \
+            f"no trial was caught training on the worker node ({status})"
+        time.sleep(0.3)
+    stopped = subprocess.run([sys.executable, str(SCRIPT), "stop-worker", "--dir", cluster["dir"]],
+                             capture_output=True, text=True, timeout=120)
+    killed_at = time.time()
+    assert stopped.returncode == 0, stopped.stderr
+
+    status, logs = finish(job_id, address)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "4/4 finished, 0 failed" in logs and "failed, retrying" in logs
+
+    # Ray: every trial ended once, with every epoch; the lost one finished on the head
+    trials = ExperimentAnalysis(str(folder)).trials
+    assert sorted(t.config["trial"]["key"] for t in trials) == sorted(result_rows(folder))
+    assert len(trials) == 4 and all(t.status == "TERMINATED" for t in trials)
+    assert {t.config["trial"]["key"]: t.num_failures for t in trials if t.num_failures} == dict.fromkeys(lost, 1)
+    nodes = actor_nodes(address, job_id)
+    for key, rows in result_rows(folder).items():
+        assert sorted(r["epoch"] for r in rows) == list(range(1, epochs + 1)), key  # none lost or twice
+        assert [r["status"] for r in rows].count("finished") == 1, key
+        if key in lost:
+            after = [r for r in rows if r["timestamp"] > killed_at]
+            assert after and {nodes.get(r["pid"]) for r in after} == {head}, key
+
+    # MLflow: one child run per trial, finished, each epoch logged exactly once
+    store = tracking.Store(cluster["mlflow"], "node-loss")
+    client = store.client()
+    children = client.search_runs([store.experiment_id(client)], f"tags.`{tracking.TAG_ROLE}` = 'trial'")
+    assert sorted(c.data.tags[tracking.TAG_KEY] for c in children) == sorted(result_rows(folder))
+    for child in children:
+        assert (child.data.tags[tracking.TAG_STATUS], child.info.status) == ("finished", "FINISHED")
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval_accuracy")]
+        assert sorted(steps) == list(range(1, epochs + 1)), child.data.tags[tracking.TAG_KEY]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 import dalsopt
 from sweeps import cli
 from sweeps.spec import SPECS_DIR, SpecError, expand_strategies, load_spec
+from spec_files import write_spec as write
 
 GOOD = """
 name: tiny
@@ -21,12 +21,6 @@ defaults: {epochs: 2, max_train: 500}
 datasets:
   synthetic: {target: 0.9, hp: {lr: 0.05}}
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 @pytest.mark.parametrize("name", ["quick", "paper", "paper-cpu"])
@@ -145,3 +139,13 @@ def test_cli_dry_run_lists_the_trials(tmp_path, capsys, monkeypatch):
     assert "sgd/synthetic/1" in out and "dals-acc/synthetic/0" in out
     assert "tiny: 10 trials (5 strategies x 1 datasets x 2 seeds)" in out
     assert not (tmp_path / "dals-runs").exists()
+
+
+def test_exponent_floats_are_numbers_like_yaml_1_2(tmp_path):
+    """PyYAML's YAML 1.1 reads `1e-3` as a string; users mean a float."""
+    spec, _ = load_spec(write(tmp_path, """
+        name: t
+        grid: {strategies: [adamw], datasets: [synthetic], seeds: 1}
+        defaults: {hp: {lr: 1e-3, weight_decay: 5E-4}}
+    """))
+    assert spec.defaults.hp == {"lr": 0.001, "weight_decay": 0.0005}

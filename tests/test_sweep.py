@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,15 +16,10 @@ import dalsopt
 from sweeps import tracking
 from sweeps.run import experiment_dir, read_meta, run_sweep, trial_entry
 from sweeps.spec import load_spec
+from spec_files import write_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_spec(folder: Path, text: str) -> Path:
-    path = folder / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def trial_results(folder: str) -> dict[str, list[dict]]:

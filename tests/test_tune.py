@@ -106,6 +106,40 @@ def test_tune_study_resume_mlflow_export(tmp_path, monkeypatch):
     assert "dals@tt" in dalsopt.names(presets=True)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_asha_stops_poor_trials_and_optuna_records_them_pruned(tmp_path, monkeypatch):
+    """A learning-rate range from useless to fine: ASHA (grace 1) stops the poor trials early; Optuna
+    must see them PRUNED with their partial curves, and only full-length trials may be best."""
+    import optuna
+    import ray
+    from optuna.trial import TrialState
+
+    from sweeps.tune import optuna_storage, run_tune
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "spec.yaml"
+    text = (SPEC.replace("TRIALS", "8").replace("seeds: 2", "seeds: 1")
+            .replace("low: 0.003, high: 0.3", "low: 0.000001, high: 0.3")
+            .replace("sampler: {type: tpe, seed: 0}", "sampler: {type: random, seed: 3}\n  pruning: {type: asha, grace_period: 1}")
+            .replace("epochs: 2, max_train: 500", "epochs: 4, max_train: 400"))
+    try:
+        path.write_text(text)
+        spec, _ = load_tune_spec(path)
+        [out] = run_tune(spec, path, num_cpus=2, say=lambda *a: None)
+    finally:
+        ray.shutdown()
+    assert out.done == 8
+    study = optuna.load_study(study_name="tt-scratch", storage=optuna_storage(spec.optuna_storage_url()))
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete and len(pruned) + len(complete) == 8
+    assert all(t.intermediate_values and max(t.intermediate_values) < 4 for t in pruned)
+    # Ray hands a finished trial's last epoch to on_trial_complete, not as an intermediate value
+    assert all(t.value is not None and max(t.intermediate_values) >= 3 for t in complete)
+    assert study.best_trial.state == TrialState.COMPLETE
+
+
 def test_shipped_tune_specs_load():
     for name in ("tune-dals-cpu", "tune-dals"):
         spec, _ = load_tune_spec(name)
