@@ -32,12 +32,12 @@ def server(mlflow_server):
     return mlflow_server.ensure_up()
 
 
-def write_spec(folder: Path, name: str, url: str, epochs: int, max_train: int) -> Path:
+def write_spec(folder: Path, name: str, url: str, epochs: int, max_train: int, model: str = "mlp") -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0]}}
-        defaults: {{epochs: {epochs}, max_train: {max_train}, max_eval: 200}}
+        defaults: {{epochs: {epochs}, max_train: {max_train}, max_eval: 200, model: "{model}"}}
         resources: {{cpu: 1}}
         tracking: {{uri: "{url}", experiment: {name}}}
         storage: {folder / 'runs'}
@@ -129,8 +129,8 @@ def test_server_back_during_the_sweep_gets_every_queued_write(server, tmp_path):
     """The trials' worker processes are paused (SIGSTOP) while the server restarts, so the sweep
     cannot end first whatever the machine's load: the driver must notice the server is back by
     itself, during the sweep, and record the backlog before training resumes."""
-    epochs = 16
-    spec = write_spec(tmp_path, "outage-back", server.url, epochs, max_train=2000)
+    epochs = 30  # wide layers: trials that outlast the outage even on an idle machine
+    spec = write_spec(tmp_path, "outage-back", server.url, epochs, max_train=4000, model="mlp:1024,1024")
     log = tmp_path / "sweep.log"
     proc = start_sweep(spec, log)
     folder = tmp_path / "runs" / "outage-back"
@@ -140,9 +140,11 @@ def test_server_back_during_the_sweep_gets_every_queued_write(server, tmp_path):
         trained_while_down = lambda: [r for t in ray_epochs(folder).values() for r in t.values()
                                       if r["timestamp"] > killed + 1]  # noqa: E731
         wait_until("an epoch trained during the outage", trained_while_down, 120, proc, log)
-        wait_until("the outage to be noticed", lambda: "is unreachable" in log.read_text(), 120, proc, log)
+        # pause the trials before anything else: on a fast machine they would finish while the driver
+        # is still noticing the outage (the driver itself keeps running)
         workers = {r["pid"] for t in ray_epochs(folder).values() for r in t.values()}
         pause(workers, signal.SIGSTOP)
+        wait_until("the outage to be noticed", lambda: "is unreachable" in log.read_text(), 120, proc, log)
         server.start()
         wait_until("the driver to find the server back", lambda: "is reachable again" in log.read_text(),
                    60, proc, log)
@@ -163,8 +165,8 @@ def test_server_back_during_the_sweep_gets_every_queued_write(server, tmp_path):
 def test_server_down_at_the_end_is_one_exact_line_and_sync_records_it(server, tmp_path, capsys,
                                                                      monkeypatch):
     monkeypatch.chdir(tmp_path)  # the sync writes the report under ./results
-    epochs = 6
-    spec = write_spec(tmp_path, "outage-down", server.url, epochs, max_train=1500)
+    epochs = 8  # wide layers: trials still running when the server goes, even on an idle machine
+    spec = write_spec(tmp_path, "outage-down", server.url, epochs, max_train=3000, model="mlp:1024,1024")
     log = tmp_path / "sweep.log"
     proc = start_sweep(spec, log)
     folder = tmp_path / "runs" / "outage-down"
