@@ -3,45 +3,70 @@
 The optax idea in torch clothing: a transform maps the update direction ``u`` of one parameter group
 (a list of tensors, starting as the gradients) to a new one, using ``torch._foreach_*`` over the whole
 group at once; the chain ends with ``p <- p - lr * u``. DALS, Grokfast, LARS, Lion and AdaBound are all
-short compositions of the transforms in ``filters``, ``trust`` and ``transforms``.
+short compositions of the transforms in ``filters``, ``trust``, ``transforms`` and ``phase``.
 
-Per-parameter buffers live in ``optimizer.state[p]`` (allocated lazily), per-group counters in the
-param group (``group["step"]``), and optimizer-wide state in *monitors* (the DALS loss-phase detector),
-which see the loss before each step and are saved in ``state_dict`` too.
+State, as in optax's ``chain``, belongs to the transform that made it: per-parameter buffers live in
+``optimizer.state[p]`` under ``"<transform name>.<buffer>"`` (allocated lazily), per-group counters in the
+param group (``group["step"]``), and a transform with a ``begin`` hook (DALS's phase detector) keeps
+optimizer-wide state under its name in ``state_dict()["transforms"]``. What one step knows beyond the
+gradients (the loss, the phase) reaches transforms through the step context, never through shared
+objects.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Chain", "Ctx", "Transform", "Monitor"]
+from . import legacy
+from .loss import TakesLoss
+
+__all__ = ["Chain", "Ctx", "StepContext", "Transform", "StepTransform"]
+
+
+@dataclass
+class StepContext:
+    """What one optimizer step knows beyond the gradients, shared by every group: the loss handed over
+    (``None`` when none came) and what a step-level transform publishes for later ones (DALS's phase)."""
+
+    loss: Tensor | None = None
+    phase: Tensor | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass
 class Ctx:
-    """What a transform may read and keep while updating one parameter group."""
+    """What a transform may read and keep while updating one parameter group.
+
+    ``name`` is the transform being applied (set by ``apply``): its buffers are ``states[i]["name.key"]``.
+    ``owned`` says whether ``u`` is a fresh buffer a transform may overwrite (never ``p.grad``).
+    """
 
     params: list[Tensor]
     states: list[dict]
     group: dict
-    owned: bool = False  # whether ``u`` is a fresh buffer the transform may overwrite
-    scratch: dict = field(default_factory=dict)
+    shared: StepContext = field(default_factory=StepContext)
+    name: str = ""
+    owned: bool = False
 
     @property
     def step(self) -> int:
         """Updates this group had before the current one (0 on the first step)."""
         return self.group["step"]
 
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
     def buffer(self, key: str, init: Callable[[Tensor, int], Tensor]) -> list[Tensor]:
-        """The per-parameter state tensors under ``key``, created with ``init(param, i)`` on first use."""
+        """The current transform's per-parameter tensors under ``key``, made with ``init(param, i)`` on first use."""
+        full = self.key(key)
         out = []
         for i, (p, st) in enumerate(zip(self.params, self.states)):
-            if key not in st:
-                st[key] = init(p, i)
-            out.append(st[key])
+            if full not in st:
+                st[full] = init(p, i)
+            out.append(st[full])
         return out
 
     def zeros(self, key: str) -> list[Tensor]:
@@ -54,16 +79,43 @@ class Ctx:
         self.owned = True
         return torch._foreach_mul(u, 1.0)
 
+    def apply(self, transform: "Transform", u: list[Tensor]) -> list[Tensor]:
+        """Run ``transform`` on ``u`` with its own state namespace (restored afterwards, for wrappers)."""
+        outer, self.name = self.name, transform.name
+        try:
+            return transform(u, self)
+        finally:
+            self.name = outer
+
 
 class Transform(Protocol):
+    """A gradient transformation of one group; ``name`` keys its state and must be unique in a chain."""
+
+    name: str
+
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         """Return the new update direction for ``ctx.params`` (mark ``ctx.owned`` if it is new memory)."""
 
 
-class Monitor(Protocol):
-    def observe(self, loss: float | None) -> None: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
+@runtime_checkable
+class StepTransform(Protocol):
+    """A transform that also acts once per optimizer step, before any group (DALS's phase detector).
+
+    ``state`` is its optimizer-wide state (saved in ``state_dict``); it may publish on ``shared``.
+    """
+
+    name: str
+
+    def begin(self, shared: StepContext, state: dict) -> None: ...
+
+
+def _names(transforms: Sequence[Transform]) -> Iterator[str]:
+    """Every transform's name, wrapped ones (``inner``) included."""
+    for t in transforms:
+        yield t.name
+        inner = getattr(t, "inner", None)
+        if inner is not None:
+            yield from _names([inner])
 
 
 def _sparse_error(group: dict) -> ValueError:
@@ -73,7 +125,7 @@ def _sparse_error(group: dict) -> ValueError:
     )
 
 
-class Chain(torch.optim.Optimizer):
+class Chain(TakesLoss, torch.optim.Optimizer):
     """A torch optimizer built from transforms: ``u = t_n(...t_1(grad)); p -= lr * u`` per group."""
 
     def __init__(
@@ -82,24 +134,31 @@ class Chain(torch.optim.Optimizer):
         transforms: Sequence[Transform],
         *,
         lr: float,
-        monitors: Sequence[Monitor] = (),
         **defaults: Any,
     ) -> None:
         super().__init__(params, {"lr": lr, **defaults})
         self.transforms = list(transforms)
-        self.monitors = list(monitors)
+        names = list(_names(self.transforms))
+        if len(set(names)) != len(names):
+            raise ValueError(f"transform names must be unique in a chain (they key its state), got {names}")
+        self._begins = [t for t in self.transforms if isinstance(t, StepTransform)]
+        self.chain_state: dict[str, dict] = {t.name: {} for t in self._begins}
         for group in self.param_groups:
             group.setdefault("step", 0)
             group.setdefault("base_lr", group["lr"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None):
+        """One update of every group. The loss (``loss=``, else the closure's, else one handed over with
+        ``dalsopt.observe_loss``) reaches the transforms through the step context."""
         if closure is not None:
             with torch.enable_grad():
                 closure_loss = closure()
             loss = closure_loss if loss is None else loss
-        for monitor in self.monitors:
-            monitor.observe(None if loss is None else float(loss))
+        loss = self.take_loss(loss)
+        shared = StepContext(loss=loss, device=self.param_groups[0]["params"][0].device)
+        for t in self._begins:
+            t.begin(shared, self.chain_state[t.name])
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -107,24 +166,25 @@ class Chain(torch.optim.Optimizer):
             grads = [p.grad for p in params]
             if any(g.is_sparse for g in grads):
                 raise _sparse_error(group)
-            ctx = Ctx(params, [self.state[p] for p in params], group)
+            ctx = Ctx(params, [self.state[p] for p in params], group, shared)
             u = grads
             for transform in self.transforms:
-                u = transform(u, ctx)
+                u = ctx.apply(transform, u)
             torch._foreach_add_(params, u, alpha=-group["lr"])
             group["step"] += 1
         return loss
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        sd["monitors"] = [m.state_dict() for m in self.monitors]
+        sd["transforms"] = {name: dict(state) for name, state in self.chain_state.items()}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        monitors = state_dict.pop("monitors", [])
-        if len(monitors) != len(self.monitors):
-            raise ValueError(f"state_dict has {len(monitors)} monitor states, this optimizer has {len(self.monitors)}")
+        state_dict = legacy.upgrade(dict(state_dict), list(_names(self.transforms)))
+        saved = state_dict.pop("transforms", {})
+        if set(saved) != set(self.chain_state):
+            raise ValueError(f"state_dict has step state for {sorted(saved)}, this chain for {sorted(self.chain_state)}")
         super().load_state_dict(state_dict)
-        for monitor, state in zip(self.monitors, monitors):
-            monitor.load_state_dict(state)
+        for name, state in saved.items():
+            self.chain_state[name].clear()
+            self.chain_state[name].update(state)

@@ -1,7 +1,7 @@
 """DALS, DALS-Fast and DALS-Acc: compositions of the shared pieces.
 
-DALS = loss-phase detector -> depth-aware filter -> coupled decay -> trust ratio (measured on the filtered
-gradient) -> heavy-ball momentum -> the momentum scaled by that ratio,
+DALS = loss-phase detector -> depth-aware filter -> coupled decay -> heavy-ball momentum scaled by the
+trust ratio measured on the filtered gradient going into it,
 with a warmup-cosine (DALS, DALS-Fast) or warm-restart (DALS-Acc) schedule. The three variants differ
 only in their filter coefficients per phase, thresholds and schedule: no variant flags inside the step.
 """
@@ -14,7 +14,7 @@ from .param_groups import param_groups
 from .phase import PhaseDetector
 from .schedules import WarmRestarts, WarmupCosine
 from .transforms import CoupledDecay, Momentum
-from .trust import ScaleByTrust, TrustRatio
+from .trust import TrustScaled
 
 __all__ = ["dals_optimizer", "build_dals", "build_dals_fast", "build_dals_acc", "DALS_DEFAULTS"]
 
@@ -40,17 +40,14 @@ def _calm(alpha0: float) -> tuple[float, float]:
 
 def dals_optimizer(blocks: list[Block], hp: dict, alphas: tuple) -> Chain:
     """The DALS step over depth-aware groups; ``alphas`` are the filter coefficients of phases 0-2."""
-    detector = PhaseDetector(fast=hp["phase_fast"], slow=hp["phase_slow"])
     groups = param_groups(blocks, hp["lr"], split_no_decay=hp["exclude_norm_bias"])
     transforms = [
-        DepthFilter(detector, alphas),
+        PhaseDetector(fast=hp["phase_fast"], slow=hp["phase_slow"]),
+        DepthFilter(alphas),
         CoupledDecay(),
-        TrustRatio(hp["trust_coef"], hp["trust_min"], hp["trust_max"]),
-        Momentum(),
-        ScaleByTrust(),
+        TrustScaled(Momentum(), hp["trust_coef"], hp["trust_min"], hp["trust_max"]),
     ]
-    return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                 monitors=[detector])
+    return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
 
 
 def build_dals(blocks: list[Block], hp: dict, total: int):

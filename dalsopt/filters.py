@@ -6,14 +6,13 @@ the raw gradient with the average, trusting the raw gradient more in deeper bloc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .chain import Ctx
-from .phase import PhaseDetector
 
 __all__ = ["GrokfastEMA", "DepthFilter", "depth_blend"]
 
@@ -27,10 +26,12 @@ class GrokfastEMA:
 
     alpha: float = 0.98
     lamb: float = 2.0
+    name: str = field(default="grokfast", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        seen = [i for i, st in enumerate(ctx.states) if "grokfast_ema" in st]  # tensors past their first step
-        ema = ctx.buffer("grokfast_ema", lambda p, i: u[i].detach().clone())
+        key = ctx.key("ema")
+        seen = [i for i, st in enumerate(ctx.states) if key in st]  # tensors past their first step
+        ema = ctx.buffer("ema", lambda p, i: u[i].detach().clone())
         if seen:
             torch._foreach_lerp_([ema[i] for i in seen], [u[i] for i in seen], 1.0 - self.alpha)
         if ctx.owned:
@@ -47,21 +48,24 @@ def depth_blend(depth: float) -> float:
 
 @dataclass(frozen=True)
 class DepthFilter:
-    """DALS's filter: ``f <- a f + (1 - a) g`` with ``a`` chosen by the loss phase, then
-    ``u = b g + (1 - b) f`` with ``b = depth_blend(group["depth"])``.
+    """DALS's filter: ``f <- a f + (1 - a) g`` with ``a`` chosen by the loss phase (read from the step
+    context, where a ``PhaseDetector`` earlier in the chain put it), then ``u = b g + (1 - b) f`` with
+    ``b = depth_blend(group["depth"])``.
 
     ``alphas[k]`` is the filter coefficient in phase k; ``None`` means "pass the raw gradient and leave
     the filter untouched" (DALS-Fast in fast descent).
     """
 
-    phase: PhaseDetector
     alphas: tuple[Optional[float], float, float]
+    name: str = field(default="depth_filter", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        alpha = self.alphas[self.phase.phase]
+        if ctx.shared.phase is None:
+            raise ValueError("DepthFilter needs a PhaseDetector before it in the chain")
+        alpha = self.alphas[ctx.shared.phase]
         if alpha is None:
             return u
-        f = ctx.zeros("filter")
+        f = ctx.zeros("ema")
         torch._foreach_lerp_(f, u, 1.0 - alpha)
         ctx.owned = True
         return torch._foreach_lerp(f, u, depth_blend(ctx.group["depth"]))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from . import presets
+from . import presets, torch_optim
 from .chain import Chain
 from .dals import DALS_DEFAULTS, build_dals, build_dals_acc, build_dals_fast
 from .filters import GrokfastEMA
@@ -33,9 +33,9 @@ REGIMES = ("scratch", "finetune")
 
 # --- builders: (blocks, hp, total_steps) -> (optimizer, schedule | [schedule per group] | None) ---
 
-def _sgd(blocks: list[Block], hp: dict, factor=None) -> torch.optim.SGD:
+def _sgd(blocks: list[Block], hp: dict, factor=None) -> torch_optim.SGD:
     groups = param_groups(blocks, hp["lr"], factor=factor)
-    return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+    return torch_optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
 
 
 def _disc(hp: dict):
@@ -58,7 +58,7 @@ def build_sgdr(blocks, hp, total):
 
 def build_torch(cls: type, blocks, hp, total):
     """Gen3 baselines are torch's own classes."""
-    kwargs = {k: (tuple(v) if k == "betas" else v) for k, v in hp.items() if k != "grouping"}
+    kwargs = {k: (tuple(v) if k == "betas" else v) for k, v in hp.items()}
     return cls(param_groups(blocks, hp["lr"]), **kwargs), None
 
 
@@ -111,7 +111,7 @@ def build_sam_discriminative(blocks, hp, total):
 
 
 def build_lookahead_adamw(blocks, hp, total):
-    base = torch.optim.AdamW(param_groups(blocks, hp["lr"]), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    base = torch_optim.AdamW(param_groups(blocks, hp["lr"]), lr=hp["lr"], weight_decay=hp["weight_decay"])
     return Lookahead(base, hp["k"], hp["alpha"]), None
 
 
@@ -141,14 +141,14 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("sgd", "Fixed SGD", 1, build_sgd, SGD, SGD_FT),
     Entry("cosine", "Cosine SGD", 2, build_cosine, dict(SGD, lr=0.03, eta_min=1e-5), SGD_FT),
     Entry("sgdr", "SGDR (cosine warm restarts)", 2, build_sgdr, dict(SGD, lr=0.05, t0=10, t_mult=1, eta_min=0.0), SGD_FT),
-    Entry("adam", "Adam", 3, partial(build_torch, torch.optim.Adam), ADAM, ADAM_FT),
-    Entry("adamw", "AdamW", 3, partial(build_torch, torch.optim.AdamW), dict(ADAM, weight_decay=0.01), ADAM_FT),
+    Entry("adam", "Adam", 3, partial(build_torch, torch_optim.Adam), ADAM, ADAM_FT),
+    Entry("adamw", "AdamW", 3, partial(build_torch, torch_optim.AdamW), dict(ADAM, weight_decay=0.01), ADAM_FT),
     Entry("adabound", "AdaBound", 3, build_adabound,
           dict(lr=1e-3, beta1=0.9, beta2=0.999, final_lr=0.01, gamma=1e-3, eps=1e-8, weight_decay=0.0),
           dict(ADAM_FT, final_lr=5e-4)),
     Entry("lars", "LARS", 4, build_lars, dict(SGD, lr=0.03, trust_coef=0.02, eps=1e-8), SGD_FT),
     Entry("discriminative", "Discriminative LR", 4, build_discriminative, DISC, SGD_FT),
-    Entry("radam", "RAdam", 5, partial(build_torch, torch.optim.RAdam), ADAM, ADAM_FT),
+    Entry("radam", "RAdam", 5, partial(build_torch, torch_optim.RAdam), ADAM, ADAM_FT),
     Entry("lion", "Lion", 5, build_lion, dict(lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0),
           dict(lr=1e-5, weight_decay=0.1)),
     Entry("lookahead-adamw", "Lookahead + AdamW", 5, build_lookahead_adamw,
@@ -241,21 +241,12 @@ class Strategy:
     @property
     def needs_closure(self) -> bool:
         """SAM-based strategies evaluate the loss twice per step."""
-        return isinstance(self.optimizer, SAM)
-
-    @property
-    def needs_loss(self) -> bool:
-        """DALS reads the loss to find its phase."""
-        return bool(getattr(self.optimizer, "monitors", None))
+        return self.optimizer.needs_closure
 
     def step(self, loss: torch.Tensor | float | None = None, closure: Callable[[], torch.Tensor] | None = None):
-        """One optimizer step (the closure only where the strategy needs it), then one scheduler step."""
-        if self.needs_closure:
-            result = self.optimizer.step(closure)
-        elif isinstance(self.optimizer, Chain):
-            result = self.optimizer.step(loss=loss)
-        else:
-            result = self.optimizer.step()
+        """One optimizer step, then one scheduler step. Every strategy takes the loss (DALS reads it); the
+        closure goes only where it is needed (SAM), since torch's classes would run it once more."""
+        result = self.optimizer.step(closure if self.needs_closure else None, loss=loss)
         if self.scheduler is not None:
             self.scheduler.step()
         return result

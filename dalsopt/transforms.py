@@ -5,7 +5,7 @@ once; hyperparameters that users tune per group (``weight_decay``, ``momentum``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -18,6 +18,8 @@ __all__ = ["CoupledDecay", "DecoupledDecay", "Momentum", "LionSign", "AdaBoundSt
 @dataclass(frozen=True)
 class CoupledDecay:
     """L2 decay folded into the gradient, as SGD's ``weight_decay``: ``u <- u + wd p``."""
+
+    name: str = field(default="coupled_decay", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
@@ -34,6 +36,8 @@ class CoupledDecay:
 class DecoupledDecay:
     """AdamW-style decay applied to the weights before the update: ``p <- p (1 - lr wd)``."""
 
+    name: str = field(default="decoupled_decay", kw_only=True)
+
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         wd = ctx.group["weight_decay"]
         if wd != 0:
@@ -45,11 +49,13 @@ class DecoupledDecay:
 class Momentum:
     """Heavy ball without dampening, as ``torch.optim.SGD``: ``m <- mu m + u`` (``m_0 = u_0``); ``u <- m``."""
 
+    name: str = field(default="momentum", kw_only=True)
+
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         mu = ctx.group["momentum"]
         if mu == 0:
             return u
-        bufs = ctx.zeros("momentum_buffer")  # 0 * mu + u == u exactly: the first step copies u
+        bufs = ctx.zeros("buffer")  # 0 * mu + u == u exactly: the first step copies u
         torch._foreach_mul_(bufs, mu)
         torch._foreach_add_(bufs, u)
         ctx.owned = False  # u now aliases the momentum buffers
@@ -62,6 +68,7 @@ class LionSign:
 
     beta1: float = 0.9
     beta2: float = 0.99
+    name: str = field(default="lion", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         m = ctx.zeros("exp_avg")
@@ -86,11 +93,13 @@ class AdaBoundStep:
     final_lr: float = 0.01
     gamma: float = 1e-3
     eps: float = 1e-8
+    name: str = field(default="adabound", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
+        key = ctx.key("step")
         for st in ctx.states:  # per-tensor step counts, as the reference: a late first gradient starts at 1
-            st["step"] = st.get("step", 0) + 1
-        steps = [st["step"] for st in ctx.states]
+            st[key] = st.get(key, 0) + 1
+        steps = [st[key] for st in ctx.states]
         m, v = ctx.zeros("exp_avg"), ctx.zeros("exp_avg_sq")
         torch._foreach_lerp_(m, u, 1.0 - self.beta1)
         torch._foreach_mul_(v, self.beta2)

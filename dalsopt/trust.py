@@ -5,15 +5,15 @@ synchronisation per tensor (the authors' code calls ``.item()`` on every norm).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .chain import Ctx
+from .chain import Ctx, Transform
 from .transforms import CoupledDecay
 
-__all__ = ["TrustRatio", "ScaleByTrust", "LarsScale"]
+__all__ = ["TrustScaled", "LarsScale"]
 
 
 def _norms(tensors: list[Tensor]) -> Tensor:
@@ -27,36 +27,29 @@ def _where_defined(ratio: Tensor, p_norm: Tensor, u_norm: Tensor) -> list[Tensor
 
 
 @dataclass(frozen=True)
-class TrustRatio:
-    """DALS's ratio ``r = clamp(coef ||p|| / ||u||, lo, hi)``, *measured* on the update as it stands
-    (the filtered, decayed gradient) and kept for ``ScaleByTrust``, which applies it later in the chain:
-    DALS scales the momentum buffer, ``p <- p - lr r m``, not the gradient that enters it.
+class TrustScaled:
+    """DALS's trust ratio around the transform whose output it scales: ``r = clamp(coef ||p|| / ||u||,
+    lo, hi)`` is *measured* on the update as it comes in (the filtered, decayed gradient), ``inner`` runs
+    (momentum), and its output is scaled: ``p <- p - lr r m``, not the gradient that enters ``m``. One
+    wrapper, so that measuring and scaling cannot be put in the wrong order.
 
     Groups with ``group["trust"] = False`` (biases and norms under ``exclude_norm_bias``) keep ``r = 1``.
     """
 
+    inner: Transform
     coef: float = 0.02
     lo: float = 0.2
     hi: float = 5.0
+    name: str = field(default="trust", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        if ctx.group.get("trust", True):
-            p_norm, u_norm = _norms(ctx.params), _norms(u)
-            ratio = (self.coef * p_norm / u_norm).clamp(self.lo, self.hi)
-            ctx.scratch["trust"] = _where_defined(ratio, p_norm, u_norm)
-        return u
-
-
-@dataclass(frozen=True)
-class ScaleByTrust:
-    """``u <- r u`` with the ratios ``TrustRatio`` measured earlier in this step (no-op without them)."""
-
-    def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
-        ratio = ctx.scratch.get("trust")
-        if ratio is None:
-            return u
-        u = ctx.writable(u)
-        torch._foreach_mul_(u, ratio)
+        if not ctx.group.get("trust", True):
+            return ctx.apply(self.inner, u)
+        p_norm, u_norm = _norms(ctx.params), _norms(u)
+        ratio = (self.coef * p_norm / u_norm).clamp(self.lo, self.hi)
+        scale = _where_defined(ratio, p_norm, u_norm)
+        u = ctx.writable(ctx.apply(self.inner, u))
+        torch._foreach_mul_(u, scale)
         return u
 
 
@@ -67,6 +60,7 @@ class LarsScale:
 
     coef: float = 0.02
     eps: float = 1e-8
+    name: str = field(default="lars", kw_only=True)
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         wd = ctx.group["weight_decay"]

@@ -3,6 +3,8 @@
 A wrapper shares the base optimizer's ``param_groups``, so an LR scheduler attached to the wrapper
 scales the base's rates, and a training loop reads one set of groups. Its own per-parameter state
 (SAM's perturbation, Lookahead's slow weights) is kept apart from the base's and saved beside it.
+Wrappers step like every dalsopt optimizer, ``step(closure=None, *, loss=None)``, and pass the loss on
+to their base (so ``Lookahead`` around a DALS chain still feeds its phase detector).
 """
 from __future__ import annotations
 
@@ -11,16 +13,24 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .loss import TakesLoss
+
 __all__ = ["Wrapper", "SAM", "Lookahead"]
 
 
-class Wrapper(torch.optim.Optimizer):
+class Wrapper(TakesLoss, torch.optim.Optimizer):
     """Base class: share ``base.param_groups``; ``state_dict`` = the base's + the wrapper's own."""
 
     def __init__(self, base: torch.optim.Optimizer, **defaults) -> None:
         super().__init__(base.param_groups, {**base.defaults, **defaults})
         self.base = base
         self.param_groups = base.param_groups
+
+    def base_step(self, closure: Callable[[], Tensor] | None, loss: Tensor | float | None):
+        """Step the base, handing it the loss if it takes one (torch's own classes do not)."""
+        if isinstance(self.base, TakesLoss):
+            return self.base.step(closure, loss=loss)
+        return self.base.step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -43,11 +53,15 @@ class SAM(Wrapper):
     base optimizer step with the sharpness-aware gradient.
     """
 
+    needs_closure = True
+
     def __init__(self, base: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = True) -> None:
         super().__init__(base, rho=rho, adaptive=adaptive)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None, **_: object):
+    def step(self, closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None):
+        """The base steps with the loss at ``w`` (passed or handed over), not the perturbed one."""
+        loss = self.take_loss(loss)
         if closure is None:
             raise ValueError("SAM takes two passes per step: call s.step(closure=...) with a closure that "
                              "recomputes the loss and calls backward()")
@@ -73,12 +87,12 @@ class SAM(Wrapper):
             torch._foreach_add_(params, e)
         self.base.zero_grad(set_to_none=False)
         with torch.enable_grad():
-            loss = closure()
+            perturbed = closure()
         for group, params in live:
             if params:
                 torch._foreach_sub_(params, [self.state[p].pop("e_w") for p in params])
-        self.base.step()
-        return loss
+        self.base_step(None, loss)
+        return perturbed
 
 
 class Lookahead(Wrapper):
@@ -91,12 +105,12 @@ class Lookahead(Wrapper):
             group.setdefault("lookahead_step", 0)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None, **_: object):
+    def step(self, closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None):
         for group in self.param_groups:  # slow weights start at the initial weights
             for p in group["params"]:
                 if "slow" not in self.state[p]:
                     self.state[p]["slow"] = p.detach().clone()
-        loss = self.base.step(closure)
+        loss = self.base_step(closure, self.take_loss(loss))
         for group in self.param_groups:
             group["lookahead_step"] += 1
             if group["lookahead_step"] % group["k"]:

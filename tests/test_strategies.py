@@ -96,8 +96,8 @@ def test_dals_state_dict_carries_phase_and_loss_ema():
     model = mlp()
     s = dalsopt.make("dals", model, total_steps=20)
     train(s, model, 5)
-    monitors = s.state_dict()["optimizer"]["monitors"]
-    assert monitors[0]["ema"] is not None and monitors[0]["phase"] in (0, 1, 2)
+    phase = s.state_dict()["optimizer"]["transforms"]["phase"]
+    assert phase["ema"] is not None and phase["phase"] in (0, 1, 2)
 
 
 @pytest.mark.parametrize(
