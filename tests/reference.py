@@ -200,11 +200,10 @@ def sam_sgd(params, loss_fns: Sequence[Callable[[list[Tensor]], Tensor]], lrs, *
 # DALS
 # --------------------------------------------------------------------------------------------------
 
-def loss_phases(losses: Sequence[float], *, fast: float = 0.01, slow: float = 0.002,
-                decay: float = 0.95) -> list[int]:
-    """E <- 0.95 E + 0.05 L (E_0 = L_0); delta = (E_old - E_new)/max(|E_old|, 1e-8);
-    phase 0 if delta > fast, 1 if slow < delta <= fast, else 2 (also on the first step)."""
-    phases, ema = [], None
+def loss_ema(losses: Sequence[float], *, decay: float = 0.95) -> list[tuple[float, float]]:
+    """(E, delta) after each loss: E <- 0.95 E + 0.05 L (E_0 = L_0); delta = (E_old - E_new)/max(|E_old|, 1e-8)
+    (0 on the first loss)."""
+    out, ema = [], None
     for loss in losses:
         if ema is None:
             ema, delta = loss, 0.0
@@ -212,8 +211,14 @@ def loss_phases(losses: Sequence[float], *, fast: float = 0.01, slow: float = 0.
             new = decay * ema + (1.0 - decay) * loss
             delta = (ema - new) / max(abs(ema), 1e-8)
             ema = new
-        phases.append(0 if delta > fast else 1 if delta > slow else 2)
-    return phases
+        out.append((ema, delta))
+    return out
+
+
+def loss_phases(losses: Sequence[float], *, fast: float = 0.01, slow: float = 0.002,
+                decay: float = 0.95) -> list[int]:
+    """Phase 0 if delta > fast, 1 if slow < delta <= fast, else 2 (also on the first step)."""
+    return [0 if delta > fast else 1 if delta > slow else 2 for _, delta in loss_ema(losses, decay=decay)]
 
 
 def dals_alphas(alpha0: float) -> tuple:
