@@ -34,6 +34,14 @@ class StepContext:
     loss: Tensor | None = None
     phase: Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    memo: dict = field(default_factory=dict)
+
+    def once(self, key: object, make: Callable[[], Any]) -> Any:
+        """``make()`` computed once per step (per ``key``): values every group shares, such as the
+        filter coefficient of the current phase."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .chain import Ctx
+from .phase import FAST, by_phase
 
 __all__ = ["GrokfastEMA", "DepthFilter", "depth_blend"]
 
@@ -62,10 +63,14 @@ class DepthFilter:
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         if ctx.shared.phase is None:
             raise ValueError("DepthFilter needs a PhaseDetector before it in the chain")
-        alpha = self.alphas[ctx.shared.phase]
-        if alpha is None:
-            return u
         f = ctx.zeros("ema")
-        torch._foreach_lerp_(f, u, 1.0 - alpha)
+        torch._foreach_lerp_(f, u, by_phase(ctx.shared, (self.name, "weight"), self._weights(), u))
         ctx.owned = True
-        return torch._foreach_lerp(f, u, depth_blend(ctx.group["depth"]))
+        blend = depth_blend(ctx.group["depth"])
+        if self.alphas[FAST] is not None:
+            return torch._foreach_lerp(f, u, blend)
+        return torch._foreach_lerp(f, u, by_phase(ctx.shared, (self.name, blend), (1.0, blend, blend), u))
+
+    def _weights(self) -> tuple[float, float, float]:
+        """The filter's lerp weight ``1 - alpha`` per phase; 0 (``f`` unchanged) where alpha is None."""
+        return tuple(0.0 if a is None else 1.0 - a for a in self.alphas)  # type: ignore[return-value]

@@ -503,7 +503,7 @@ def run_dals(name, hp, *, zero_bias=True, zeros=ZERO_GRADS, T=T_DALS, losses=LOS
         for p, g in zip(params, row):
             p.grad = g.clone()
         s.step(loss=torch.tensor(losses[t], dtype=F64))
-        seen_phases.append(s.optimizer.state_dict()["transforms"]["phase"]["phase"])
+        seen_phases.append(int(s.optimizer.state_dict()["transforms"]["phase"]["phase"]))
         got.append([p.detach().clone() for p in params])
     return dict(got=got, want=want, lrs=seen_lrs, ref_lrs=[[v] * 4 for v in lrs], phases=phases,
                 seen_phases=seen_phases, ratios=ratios, hp=h, model=model)

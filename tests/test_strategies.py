@@ -97,7 +97,7 @@ def test_dals_state_dict_carries_phase_and_loss_ema():
     s = dalsopt.make("dals", model, total_steps=20)
     train(s, model, 5)
     phase = s.state_dict()["optimizer"]["transforms"]["phase"]
-    assert phase["ema"] is not None and phase["phase"] in (0, 1, 2)
+    assert int(phase["count"]) == 5 and float(phase["ema"]) > 0 and int(phase["phase"]) in (0, 1, 2)
 
 
 @pytest.mark.parametrize(
