@@ -36,4 +36,4 @@ paper: $(STAMP)
 	$(PY) scripts/make_cifar_standin.py .cache/cifar10-standin --per-batch 400
 	DALS_OFFLINE=1 $(VENV)/bin/dals sweep run paper-cpu
 	$(VENV)/bin/dals report paper-cpu --out docs/results/paper-cpu
-	$(PY) -m sweeps.paper paper-cpu --out docs/results/paper-cpu
+	$(PY) -m sweeps.report.paper paper-cpu --out docs/results/paper-cpu

@@ -49,7 +49,8 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     args = parser.parse_args()
 
-    from sweeps.spec import load_spec, resolve_path
+    from sweeps.spec.loader import resolve_path
+    from sweeps.spec.sweep import load_spec
 
     spec_file = resolve_path(args.spec).resolve()
     spec, _ = load_spec(spec_file)

@@ -16,13 +16,12 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-import dalsopt
-from sweeps.trainable import Trial
+from sweeps.train.trial import Trial
 
 
 def first_step_ratios(trial: Trial, coef: float, lo: float, hi: float, wd: float) -> list[dict]:
     """Per param group (block, bottom to top): tensor count, median ||p||, ||g||, raw and clamped ratio."""
-    n = min(trial.config["batch_size"], len(trial.train_y))
+    n = min(trial.config.batch_size, len(trial.train_y))
     index = torch.arange(n)
     batch = trial._batch(trial.train_inputs, index, train=True, gen=None)
     loss = F.cross_entropy(trial._logits(batch), trial.train_y[index].to(trial.device))
@@ -59,9 +58,9 @@ def main() -> None:
     if args.dataset not in ("synthetic", "synthetic-gmm", "cifar10"):
         cfg["max_length"] = args.max_length
     trial = Trial(cfg)
-    hp = dalsopt.resolve(args.strategy, trial.config["regime"], **trial.config["hp"])
+    hp = trial.config.hyperparameters()
     rows = first_step_ratios(trial, hp["trust_coef"], hp["trust_min"], hp["trust_max"], hp["weight_decay"])
-    print(f"{args.strategy} on {args.dataset} ({trial.config['regime']}): lr {hp['lr']:g}, "
+    print(f"{args.strategy} on {args.dataset} ({trial.config.regime}): lr {hp['lr']:g}, "
           f"r = clamp({hp['trust_coef']:g} ||p||/||g||, {hp['trust_min']:g}, {hp['trust_max']:g}), first batch")
     print("| block | tensors | median ‖p‖ | median ‖g‖ | median raw r | median r | at floor | at ceiling | lr·r |")
     print("|---|---|---|---|---|---|---|---|---|")

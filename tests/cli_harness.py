@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from sweeps import cli
+from sweeps.cli import main as cli
 
 
 class Started(Exception):
@@ -31,15 +31,14 @@ def fenced() -> Iterator[None]:
     the environment, and no data from the network."""
     import ray.job_submission
 
-    import sweeps.run
-    import sweeps.tune
+    from sweeps.runner import grid, optuna, studies
 
     def started(*args: Any, **kwargs: Any) -> None:
         raise Started
 
     with pytest.MonkeyPatch.context() as mp:
-        for module, name in ((sweeps.run, "run_sweep"), (sweeps.run, "init_ray"), (sweeps.tune, "run_tune"),
-                             (sweeps.tune, "export_preset"), (ray.job_submission, "JobSubmissionClient")):
+        for module, name in ((grid, "run_sweep"), (grid, "init_ray"), (optuna, "run_tune"), (optuna, "init_ray"),
+                             (studies, "export_preset"), (ray.job_submission, "JobSubmissionClient")):
             mp.setattr(module, name, started)
         for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
             mp.delenv(var, raising=False)
@@ -51,8 +50,8 @@ def fenced() -> Iterator[None]:
 def _warm_up() -> None:
     """Import what validation imports (torch, the trainer, the strategies) once, so a command's
     time is its own."""
-    from sweeps.spec import load_spec
-    from sweeps.tune_spec import load_tune_spec
+    from sweeps.spec.sweep import load_spec
+    from sweeps.spec.tune import load_tune_spec
 
     load_spec("quick")
     load_tune_spec("tune-dals-cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import cli
+from sweeps.cli import main as cli
 
 EPOCH_KEYS = {"epoch", "train_loss", "eval_accuracy", "eval_loss", "lr_bottom", "lr_top", "seconds"}
 FAST = ["train", "--dataset", "synthetic", "--max-train", "512", "--max-eval", "128", "--batch-size", "64"]
@@ -87,10 +87,12 @@ def test_bad_columns_in_a_user_file(tmp_path, capsys):
 
 
 def test_commands_are_registered_by_functions():
-    assert cli.register_train in cli.COMMANDS
+    from sweeps.cli import args as cli_args, train
+
+    assert train.register in cli.COMMANDS
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--dataset", "rte", "--hp", "lr=1e-4", "--hp", "momentum=0.8"])
-    assert args.func is not None and cli.parse_hp(args.hp) == {"lr": 1e-4, "momentum": 0.8}
+    assert args.func is not None and cli_args.parse_hp(args.hp) == {"lr": 1e-4, "momentum": 0.8}
 
 
 def test_console_script_runs_outside_the_repo(tmp_path):

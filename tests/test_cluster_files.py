@@ -71,7 +71,7 @@ def test_rayjob_has_what_kuberay_requires():
 
 
 def test_rayjob_entrypoint_is_a_dals_command():
-    from sweeps.cli import build_parser
+    from sweeps.cli.main import build_parser
 
     argv = load("rayjob.yaml")["spec"]["entrypoint"].split()
     assert argv[:3] == ["python", "-m", "sweeps.cli"]

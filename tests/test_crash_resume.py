@@ -19,10 +19,13 @@ from typing import Callable
 
 import pytest
 
-from sweeps import tracking
-from sweeps.recovery import AtomicLocalFiles, Faults, TrialFolder, parse_faults, storage_filesystem
-from sweeps.run import read_meta, trial_entry
-from sweeps.spec import load_spec
+from sweeps.tracking import store as tracking
+from sweeps.experiment.faults import Faults, parse_faults
+from sweeps.experiment.resume import TrialFolder
+from sweeps.experiment.storage import AtomicLocalFiles, storage_filesystem
+from sweeps.experiment.folder import read_meta
+from sweeps.runner.grid import trial_entry
+from sweeps.spec.sweep import load_spec
 from spec_files import write_spec
 
 OWN_METRICS = ("train_loss", "eval_accuracy", "eval_loss", "seconds", "examples_per_second")
@@ -278,7 +281,7 @@ resources: {cpu: 1}
 def load_study(journal: str):
     import optuna
 
-    from sweeps.tune import optuna_storage
+    from sweeps.runner.studies import optuna_storage
 
     return optuna.load_study(study_name="tk-scratch", storage=optuna_storage(journal))
 
@@ -288,7 +291,7 @@ def assert_study_complete(trials: list, done_before: list, stale: list) -> None:
     the trials the killed driver left running failed and (some) queued again with their params."""
     from optuna.trial import TrialState
 
-    from sweeps.tune import ATTR_RETRY_OF
+    from sweeps.runner.studies import ATTR_RETRY_OF
 
     finished_trials = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished_trials) == TUNE_TRIALS
@@ -308,7 +311,7 @@ def assert_tune_mlflow(tmp_path: Path, study, stale: list) -> None:
     value; the runs of the trials the killed driver left running ended as interrupted."""
     from optuna.trial import TrialState
 
-    from sweeps.tune import ATTR_SWEEP, OPTUNA_TRIAL
+    from sweeps.runner.studies import ATTR_SWEEP, OPTUNA_TRIAL
 
     store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}", "tk")
     parent, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
@@ -367,7 +370,7 @@ def reference_history(config: dict) -> list[dict]:
     """The same trial run here, uninterrupted, on one thread as in a 1-CPU Ray worker."""
     import torch
 
-    from sweeps.trainable import run_trial
+    from sweeps.train.trial import run_trial
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

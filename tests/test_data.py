@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeps import data, sources, text
+from sweeps.train import data
+from sweeps.train.data import sources, text
 
 
 @pytest.fixture(autouse=True)
@@ -230,7 +231,7 @@ def test_trim_cuts_batches_to_their_longest_row():
 
 
 def test_encoder_tokenizer_encodes_pairs():
-    from sweeps import models
+    from sweeps.train import models
 
     tok = models.load_tokenizer("minilm")
     tr = data.load("rte", "train", max_n=16)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import cli, tracking
-from sweeps.run import experiment_dir, read_meta, saved_trials
-from sweeps.spec import load_spec
+from sweeps.cli import main as cli
+from sweeps.tracking import store as tracking
+from sweeps.experiment.folder import experiment_dir, read_meta
+from sweeps.runner.grid import saved_trials
+from sweeps.spec.sweep import load_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 EPOCHS = 3

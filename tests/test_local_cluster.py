@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import jobs, tracking
+from sweeps.cluster import jobs
+from sweeps.tracking import store as tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +25,10 @@ JOB_TIMEOUT_S = 300
 
 
 def dals(*argv: str) -> int:
-    """`dals ARGV`, with the jobs commands added if sweeps/cli.py does not wire them (yet)."""
-    from sweeps.cli import build_parser
+    """`dals ARGV` in this process (the CLI wires the jobs commands itself)."""
+    from sweeps.cli.main import build_parser
 
-    parser = build_parser()
-    sub = jobs._actions(parser)
-    if "jobs" not in sub.choices:
-        jobs.register(sub)
-    args = parser.parse_args(list(argv))
+    args = build_parser().parse_args(list(argv))
     return args.func(args)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweeps import models
+from sweeps.train import models
 
 
 def test_mlp_is_the_authors_net_with_blocks_in_order():

@@ -6,7 +6,7 @@ import statistics
 import pandas as pd
 import pytest
 
-from sweeps import paper
+from sweeps.report import paper
 
 # eval accuracy per epoch: (strategy, dataset, seed) -> curve
 CURVES = {

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps import cli
-from sweeps.report import epochs_to_target, finals, load_epochs, ranking, regime_winners, write_report
-from sweeps.run import experiment_dir, start_or_resume
-from sweeps.spec import load_spec
+from sweeps.cli import main as cli
+from sweeps.report.tables import epochs_to_target, finals, load_epochs, ranking, regime_winners, write_report
+from sweeps.experiment.folder import experiment_dir, start_or_resume
+from sweeps.spec.sweep import load_spec
 
 # strategy -> (generation, per-seed accuracy curves); ds2 is a second regime
 CURVES = {

@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from sockets import free_port, listening, loopback_only
-from sweeps import cli, tracking
-from sweeps.run import experiment_dir, start_or_resume
-from sweeps.spec import load_spec
+from sweeps.cli import main as cli
+from sweeps.tracking import store as tracking
+from sweeps.experiment.folder import experiment_dir, start_or_resume
+from sweeps.spec.sweep import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"strategy": "sgd", "dataset": "synthetic", "epochs": 1, "max_train": 64, "max_eval": 32}
@@ -85,7 +86,7 @@ class Payload:
 
 
 def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
-    from sweeps.trainable import CHECKPOINT_FILE, Trial
+    from sweeps.train.trial import CHECKPOINT_FILE, Trial
 
     trial = Trial(TINY)
     trial.save(tmp_path / "good")
@@ -121,7 +122,7 @@ def torch_load_calls(root: Path) -> list[tuple[str, bool]]:
 def test_every_torch_load_in_the_repo_is_weights_only():
     """A guard beside the behavioural test: a new torch.load without weights_only=True fails here."""
     calls = torch_load_calls(REPO)
-    assert any(where.startswith("sweeps/trainable.py") for where, _ in calls)
+    assert any(where.startswith("sweeps/train/trial.py") for where, _ in calls)
     assert [where for where, safe in calls if not safe] == []
 
 
@@ -167,7 +168,7 @@ def test_dals_ui_listens_on_loopback_only_with_the_store_off_its_command_line(tm
 def test_local_ray_starts_no_dashboard():
     import ray
 
-    from sweeps.run import init_ray
+    from sweeps.runner.ray_setup import init_ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 import dalsopt
-from sweeps import cli
-from sweeps.spec import SPECS_DIR, SpecError, expand_strategies, load_spec
+from sweeps.cli import main as cli
+from sweeps.spec.common import SpecError, expand_strategies
+from sweeps.spec.loader import SPECS_DIR
+from sweeps.spec.sweep import load_spec
 from spec_files import write_spec as write
 
 GOOD = """
@@ -65,7 +67,7 @@ def test_trials_carry_labels_settings_and_a_valid_config(tmp_path):
     assert first.labels() == {"strategy": "sgd", "generation": 1, "dataset": "synthetic",
                               "regime": "scratch", "seed": 0}
     config = first.config()
-    assert (config["epochs"], config["max_train"], config["hp"]["lr"]) == (2, 500, 0.05)
+    assert (config.epochs, config.max_train, config.hp["lr"]) == (2, 500, 0.05)
     assert spec.targets() == {"synthetic": 0.9}
 
 

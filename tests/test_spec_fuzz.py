@@ -28,10 +28,13 @@ from hypothesis import strategies as st
 
 import dalsopt
 from cli_harness import Verdict, fenced, one_line_error, run_cli
-from sweeps.data import DATASETS
-from sweeps.spec import SPECS_DIR, Spec, TrialSettings, strategy_generations
-from sweeps.trainable import CONFIG_KEYS
-from sweeps.tune_spec import Param, Pruning, Sampler, Tune, TuneSpec
+from sweeps.train.data import DATASETS
+from sweeps.spec.common import TrialSettings, strategy_generations
+from sweeps.spec.loader import SPECS_DIR
+from sweeps.spec.sweep import Spec
+from sweeps.train.config import TrialConfig
+from sweeps.spec.common import Asha
+from sweeps.spec.tune import Param, Sampler, Tune, TuneSpec
 
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -99,9 +102,9 @@ COMMANDS = {"sweep": [["sweep", "run", "{}", "--dry-run"], ["sweep", "run", "{}"
 def _known_names() -> set[str]:
     """Every name a typo must not land on: keys of every section, trial settings, strategies,
     generations, datasets and hyperparameters."""
-    models = (Spec, TuneSpec, Tune, Param, Sampler, Pruning, TrialSettings,
+    models = (Spec, TuneSpec, Tune, Param, Sampler, Asha, TrialSettings,
               *(Spec.model_fields[k].annotation for k in ("grid", "resources", "failure", "scheduler", "tracking")))
-    names = {k for m in models for k in m.model_fields} | set(CONFIG_KEYS) | {"target", "all"}
+    names = {k for m in models for k in m.model_fields} | set(TrialConfig.keys()) | {"target", "all"}
     names |= set(strategy_generations(presets=True)) | {f"gen{g}" for g in dalsopt.GENERATIONS.values()}
     names |= set(DATASETS) | {k for n in dalsopt.names() for k in dalsopt.resolve(n)}
     return names

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import Server
-from sweeps import cli, tracking
+from sweeps.cli import main as cli
+from sweeps.tracking import store as tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NOT_RECORDED = re.compile(r"did not record (\d+) metric values, (\d+) params, (\d+) tags, "
@@ -192,8 +193,8 @@ def test_server_down_at_the_end_is_one_exact_line_and_sync_records_it(server, tm
     assert metrics == len(gaps) > 0  # the line counted exactly the values MLflow lacks
     runs = {c.data.tags[tracking.TAG_KEY]: c for c in children}
     entries = {key: next(iter(r.values()))["config"]["trial"] for key, r in rows.items()}
-    assert params == sum(len(tracking._params(e)) - len(runs[k].data.params) if k in runs
-                         else len(tracking._params(e)) for k, e in entries.items())
+    assert params == sum(len(tracking.run_params(e)) - len(runs[k].data.params) if k in runs
+                         else len(tracking.run_params(e)) for k, e in entries.items())
     unended = sum(runs.get(k) is None or runs[k].info.status == "RUNNING" for k in rows)
     assert statuses == unended + (parent.info.status == "RUNNING") and unended > 0
     assert artifacts == 1  # the report

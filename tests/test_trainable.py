@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sweeps import trainable
-from sweeps.trainable import Trial, run_trial, trial_config
+from sweeps.train.config import TrialConfig
+from sweeps.train.trial import Trial, run_trial
 
 TIMING = ("seconds", "examples_per_second")
 
@@ -42,16 +42,27 @@ def write_cifar(root, per_batch: int) -> None:
 # --- config ----------------------------------------------------------------------------------------------
 
 def test_trial_config_fills_the_dataset_defaults():
-    cfg = trial_config(dataset="synthetic", strategy="adamw")
-    assert set(cfg) == set(trainable.CONFIG_KEYS)
-    assert (cfg["epochs"], cfg["batch_size"], cfg["model"], cfg["regime"]) == (80, 128, "mlp", "scratch")
-    trec = trial_config(dataset="trec6", strategy="sgd")
-    assert (trec["regime"], trec["model"], trec["max_length"]) == ("finetune", "minilm", 128)
-    assert trec["hp"]["lr"] == pytest.approx(3e-4)  # the paper's TREC fine-tuning rate
-    assert trial_config(dataset="trec6", regime="scratch")["model"] == "textcnn"
-    assert trial_config(dataset="trec6", model="bilstm")["regime"] == "scratch"
-    assert trial_config(dataset="rte", strategy="adamw")["hp"] == {}
-    assert trial_config(**trec) == trec  # idempotent: a filled config passes through unchanged
+    cfg = TrialConfig.create(dataset="synthetic", strategy="adamw")
+    assert set(cfg.to_dict()) == set(TrialConfig.keys())
+    assert (cfg.epochs, cfg.batch_size, cfg.model, cfg.regime) == (80, 128, "mlp", "scratch")
+    trec = TrialConfig.create(dataset="trec6", strategy="sgd")
+    assert (trec.regime, trec.model, trec.max_length) == ("finetune", "minilm", 128)
+    assert trec.hp["lr"] == pytest.approx(3e-4)  # the paper's TREC fine-tuning rate
+    assert TrialConfig.create(dataset="trec6", regime="scratch").model == "textcnn"
+    assert TrialConfig.create(dataset="trec6", model="bilstm").regime == "scratch"
+    assert TrialConfig.create(dataset="rte", strategy="adamw").hp == {}
+    # idempotent: a filled config passes through unchanged, and survives Ray's round trip
+    assert TrialConfig.create(**trec.to_dict()) == trec
+    assert TrialConfig.restore(trec.to_dict()) == trec
+
+
+def test_hyperparameters_are_the_regimes():
+    """What a trial trains with and MLflow records: the fine-tuning column when fine-tuning."""
+    tuned = TrialConfig.create(dataset="trec6", strategy="dals")
+    assert tuned.hyperparameters() == dalsopt.resolve("dals", "finetune", **tuned.hp)
+    assert (tuned.hyperparameters()["weight_decay"], tuned.hyperparameters()["warmup_frac"]) == (0.01, 0.1)
+    scratch = TrialConfig.create(dataset="synthetic", strategy="dals")
+    assert (scratch.hyperparameters()["weight_decay"], scratch.hyperparameters()["warmup_frac"]) == (1e-4, 0.05)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -71,14 +82,14 @@ def test_trial_config_fills_the_dataset_defaults():
 ])
 def test_bad_config_is_a_one_line_value_error(overrides, match):
     with pytest.raises(ValueError, match=match) as err:
-        trial_config(**overrides)
+        TrialConfig.create(**overrides)
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", dalsopt.names())
 def test_every_strategy_is_accepted_in_both_regimes(name):
     for dataset in ("synthetic", "trec6", "rte"):
-        trial_config(dataset=dataset, strategy=name)
+        TrialConfig.create(dataset=dataset, strategy=name)
 
 
 # --- the loop talks to the strategy as dalsopt expects ---------------------------------------------------
@@ -148,7 +159,7 @@ def test_cifar10_trains_on_files_in_the_real_format(tmp_path):
     write_cifar(tmp_path, per_batch=64)
     trial = Trial(dict(dataset="cifar10", data_dir=str(tmp_path), strategy="adamw", epochs=2,
                        batch_size=32, augment=True, hp={"lr": 1e-3}))
-    assert len(trial.train_y) == 320 and trial.config["model"] == "cnn"
+    assert len(trial.train_y) == 320 and trial.config.model == "cnn"
     metrics = [trial.run_epoch() for _ in range(2)]
     assert metrics[-1]["eval_accuracy"] > 0.5  # 4 classes present, so chance is about 0.25
 
@@ -182,7 +193,7 @@ def test_user_csv_trains_in_both_regimes(tmp_path):
     scratch = list(run_trial(dict(common, regime="scratch", hp={"lr": 3e-3})))
     assert scratch[-1]["eval_accuracy"] > 0.8
     tuned = Trial(dict(common, regime="finetune", epochs=1, max_train=64, max_length=16))
-    assert tuned.config["model"] == "minilm" and tuned.num_classes == 2
+    assert tuned.config.model == "minilm" and tuned.num_classes == 2
 
 
 # --- determinism, checkpoints, divergence ----------------------------------------------------------------

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import dalsopt
-from sweeps import tracking
-from sweeps.spec import SpecError
-from sweeps.tune_spec import load_tune_spec, parse_tune_spec
+from sweeps.tracking import store as tracking
+from sweeps.spec.common import SpecError
+from sweeps.spec.tune import load_tune_spec, parse_tune_spec
 
 SPEC = """\
 name: tt
@@ -48,7 +48,8 @@ def test_tune_study_resume_mlflow_export(tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
     from dalsopt import presets
-    from sweeps.tune import ATTR_SWEEP, export_preset, optuna_storage, run_tune
+    from sweeps.runner.optuna import run_tune
+    from sweeps.runner.studies import ATTR_SWEEP, export_preset, optuna_storage
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "spec.yaml"
@@ -115,7 +116,8 @@ def test_asha_stops_poor_trials_and_optuna_records_them_pruned(tmp_path, monkeyp
     import ray
     from optuna.trial import TrialState
 
-    from sweeps.tune import optuna_storage, run_tune
+    from sweeps.runner.optuna import run_tune
+    from sweeps.runner.studies import optuna_storage
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "spec.yaml"
@@ -188,8 +190,8 @@ def test_bad_spec_is_one_line(change, message):
 
 
 def test_cli_registers_tune_before_jobs():
-    from sweeps.cli import build_parser
-    from sweeps.jobs import _actions
+    from sweeps.cli.main import build_parser
 
-    tune = _actions(build_parser()).choices["tune"]
-    assert {"run", "export", "submit"} <= set(_actions(tune).choices)
+    parser = build_parser()
+    for action in ("run", "export", "submit"):
+        assert parser.parse_args(["tune", action, "x"] if action != "run" else ["tune", "run", "x"]).tune_command == action

@@ -19,9 +19,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweeps import tracking
-from sweeps.run import trial_entry
-from sweeps.spec import load_spec
+from sweeps.tracking import store as tracking
+from sweeps.runner.grid import trial_entry
+from sweeps.spec.sweep import load_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -1,0 +1,61 @@
+"""The `dals` command line: the parser, `main`, and the entry a submitted Ray Job runs.
+
+Bad input (a bad argument, `ValueError`, `OSError`) is one `dals...: error: ...` line on stderr,
+exit 2, before anything starts: no traceback, no Ray, no files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from sweeps.cli import jobs, sweep, train, tune, ui
+from sweeps.cli.args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Parser, one_line
+from sweeps.cluster.jobs import JOB_COMMAND, SPEC_ENV
+
+COMMANDS = (train.register, sweep.register_sweep, sweep.register_report, ui.register, tune.register,
+            jobs.register)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="dals", description="Learning-rate strategies, trials and sweeps.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dals` console script; returns the exit code (argparse's too: -h is 0)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:  # OSError: an unreadable file, a folder given for a file...
+        print(f"dals: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("dals: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def job_main(argv: list[str]) -> int:
+    """On the cluster (`python -m sweeps.cli.main job KIND NAME ...`): write the spec the job carries
+    to a file and run `dals KIND run FILE ...`."""
+    kind, name, *rest = argv
+    text = os.environ.get(SPEC_ENV)
+    if text is None:
+        print(f"dals job: ${SPEC_ENV} is not set (this entry point runs inside a submitted job)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    spec_file = Path(tempfile.mkdtemp(prefix="dals-job-")) / name
+    spec_file.write_text(text)
+    return main([kind, "run", str(spec_file), *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(job_main(sys.argv[2:]) if sys.argv[1:2] == [JOB_COMMAND] else main())

@@ -1,0 +1,237 @@
+"""Cross-regime report of a sweep: rankings, epochs to target, regime winners, learning curves.
+
+Files only (Markdown, CSV, PNG): uploading a report to MLflow is `sweeps.tracking.sync`'s. Built from
+the experiment folder alone (Ray's per-trial `result.json`, the spec copy and the
+sweep meta the runner keeps there), so `dals report` can regenerate it at any time; the tables
+are pure functions of one per-epoch DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from sweeps.experiment.folder import PARAMS_FILE, RESULT_FILE, read_meta, spec_copy
+from sweeps.redact import redact
+from sweeps.spec.sweep import Spec, SpecError
+from sweeps.train.status import TrialStatus, final_status
+
+RESULTS_DIR = "results"
+LABELS = ["key", "strategy", "generation", "dataset", "regime", "seed"]
+# What a diverged epoch measured (accuracy of non-finite weights, NaN losses) is no result:
+# the report blanks these for that epoch, so a diverged seed never ranks or wins on them.
+DIVERGED_BLANK = ("eval_accuracy", "eval_loss", "train_loss")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_epochs(folder: str | Path) -> pd.DataFrame:
+    """One row per (trial, epoch) from the trial folders; `status` is the trial's final status.
+    The epoch a trial diverged in keeps its row, its metrics blanked (DIVERGED_BLANK)."""
+    rows: list[dict] = []
+    for trial_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        params_file = trial_dir / PARAMS_FILE
+        if not params_file.exists():
+            continue
+        trial = json.loads(params_file.read_text())["trial"]
+        base = {**trial["labels"], "key": trial["key"]}
+        epochs: dict[int, dict] = {}
+        result_file = trial_dir / RESULT_FILE
+        for line in result_file.read_text().splitlines() if result_file.exists() else []:
+            result = json.loads(line)
+            metrics = {k: v for k, v in result.items() if k != "config"}
+            if result.get("status") == "diverged":
+                metrics.update({k: math.nan for k in DIVERGED_BLANK})
+            epochs[int(result.get("epoch", result.get("training_iteration", 0)))] = metrics
+        failed = any(trial_dir.glob("error.*"))
+        last = epochs[max(epochs)] if epochs else {}
+        status = TrialStatus.FAILED if failed else final_status(last.get("status"))
+        if not epochs:
+            rows.append({**base, "epoch": 0, "status": status})
+        for epoch, metrics in sorted(epochs.items()):
+            rows.append({**metrics, **base, "epoch": epoch, "status": status})
+    return pd.DataFrame(rows)
+
+
+def finals(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per trial: labels, status, final and best metric, epochs run."""
+    df = df.sort_values(["key", "epoch"])
+    grouped = df.groupby("key", sort=False)
+    out = grouped[LABELS[1:] + ["status"]].last()
+    # the last epoch's value even when it is NaN (pandas' last() would skip back over it)
+    out["final"] = grouped[metric].agg(lambda s: s.iloc[-1]) if metric in df else math.nan
+    out["best"] = grouped[metric].max() if metric in df else math.nan
+    out["epochs"] = grouped["epoch"].max()
+    return out.reset_index()
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def ranking(per_trial: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Per dataset, strategies ranked by final metric: mean, std (over seeds; NaN finals of
+    diverged seeds left out, and counted in `diverged`), best, seeds."""
+    agg = per_trial.groupby(["dataset", "strategy"]).agg(
+        generation=("generation", "first"), regime=("regime", "first"),
+        mean=("final", "mean"), std=("final", "std"), best=("best", "max"),
+        seeds=("seed", "nunique"),
+        failed=("status", lambda s: int((s == "failed").sum())),
+        diverged=("status", lambda s: int((s == "diverged").sum())),
+    ).reset_index()
+    agg["rank"] = agg.groupby("dataset")["mean"].rank(ascending=(mode == "min"), method="min",
+                                                      na_option="bottom").astype(int)
+    return agg.sort_values(["dataset", "rank", "strategy"]).reset_index(drop=True)
+
+
+def epochs_to_target(df: pd.DataFrame, metric: str, mode: str,
+                     targets: dict[str, float]) -> pd.DataFrame:
+    """Per dataset and strategy: mean first epoch reaching the target, and how many seeds did."""
+    rows = []
+    for (dataset, strategy), group in df.groupby(["dataset", "strategy"]):
+        if dataset not in targets or metric not in group:
+            continue
+        target = targets[dataset]
+        reached = group[(group[metric] >= target) if mode == "max" else (group[metric] <= target)]
+        firsts = reached.groupby("seed")["epoch"].min()
+        rows.append({"dataset": dataset, "strategy": strategy, "target": target,
+                     "epochs": firsts.mean() if len(firsts) else math.nan,
+                     "reached": len(firsts), "seeds": group["seed"].nunique()})
+    return pd.DataFrame(rows, columns=["dataset", "strategy", "target", "epochs", "reached", "seeds"])
+
+
+def regime_winners(ranked: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Per regime: the winning strategy (mean over the regime's datasets) and each generation's best."""
+    score = ranked.groupby(["regime", "strategy"]).agg(
+        generation=("generation", "first"), score=("mean", "mean"),
+        datasets=("dataset", lambda d: ", ".join(sorted(set(d))))).reset_index()
+    pick = "idxmax" if mode == "max" else "idxmin"
+    rows = []
+    for regime, group in score.groupby("regime"):
+        group = group.dropna(subset=["score"])
+        if group.empty:
+            continue
+        win = group.loc[getattr(group["score"], pick)()]
+        row = {"regime": regime, "datasets": win["datasets"], "winner": win["strategy"],
+               "generation": int(win["generation"]), "score": win["score"]}
+        for gen, g in group.groupby("generation"):
+            best = g.loc[getattr(g["score"], pick)()]
+            row[f"gen{int(gen)}"] = f"{best['strategy']} {best['score']:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- plots and Markdown
+
+
+def plot_curves(df: pd.DataFrame, metric: str, out_dir: Path) -> dict[str, Path]:
+    """One PNG per dataset: the metric per epoch, mean over seeds, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))]
+    files = {}
+    for dataset, group in df[df["epoch"] > 0].groupby("dataset"):
+        if metric not in group or group[metric].isna().all():
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        curves = group.groupby(["generation", "strategy", "epoch"])[metric].mean()
+        for i, ((gen, strategy), curve) in enumerate(curves.groupby(level=[0, 1])):
+            ax.plot(curve.index.get_level_values("epoch"), curve.values,
+                    linestyle=styles[(int(gen) - 1) % len(styles)], marker=".",
+                    color=plt.cm.tab20(i % 20), label=f"{strategy} (gen{int(gen)})")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{dataset}: {metric} (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="best")
+        fig.tight_layout()
+        path = out_dir / f"curves-{_file_safe(dataset)}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        files[dataset] = path
+    return files
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render_markdown(spec: Spec, meta_line: str, per_trial: pd.DataFrame, ranked: pd.DataFrame,
+                    to_target: pd.DataFrame, winners: pd.DataFrame, curves: dict[str, Path]) -> str:
+    m = spec.metric
+    counts = per_trial["status"].value_counts().to_dict()
+    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    about = [spec.description.strip(), ""] if spec.description.strip() else []
+    out = [f"# Sweep `{spec.name}`", "", *about,
+           f"{meta_line}; metric `{m}` ({spec.mode}); {len(per_trial)} trials: {status}.", ""]
+    for dataset, group in ranked.groupby("dataset", sort=False):
+        target = to_target[to_target["dataset"] == dataset].set_index("strategy")
+        tgt = f"epochs to {m} {'>=' if spec.mode == 'max' else '<='} {target['target'].iloc[0]:g}" \
+            if len(target) else None
+        header = ["rank", "strategy", "gen", f"final {m} (mean ± std)", "best", "seeds"] + \
+            ([tgt] if tgt else []) + ["diverged", "failed"]
+        rows = []
+        for r in group.itertuples():
+            final = _num(r.mean) + ("" if math.isnan(r.std) else f" ± {_num(r.std)}")
+            row = [r.rank, f"`{r.strategy}`", r.generation, final, _num(r.best), r.seeds]
+            if tgt:
+                t = target.loc[r.strategy] if r.strategy in target.index else None
+                row.append("—" if t is None or t["reached"] == 0
+                           else f"{t['epochs']:.1f} ({int(t['reached'])}/{int(t['seeds'])})")
+            rows.append(row + [r.diverged, r.failed])
+        out += [f"## {dataset} ({group['regime'].iloc[0]})", "", *_table(header, rows), ""]
+        if dataset in curves:
+            out += [f"![{dataset} learning curves]({curves[dataset].name})", ""]
+    if len(winners):
+        gens = sorted(c for c in winners.columns if c.startswith("gen") and c != "generation")
+        header = ["regime", "datasets", "winner", f"mean final {m}", *gens]
+        rows = [[w.regime, w.datasets, f"`{w.winner}` (gen{w.generation})", _num(w.score),
+                 *[w._asdict().get(g) if isinstance(w._asdict().get(g), str) else "—" for g in gens]]
+                for w in winners.itertuples()]
+        out += ["## Regime winners", "",
+                "Score: a strategy's mean final metric averaged over the regime's datasets; "
+                "the generation columns give each generation's best strategy.", "",
+                *_table(header, rows), ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def write_report(folder: str, out_dir: Path | None = None) -> Path:
+    """Write report.md + curve PNGs for the sweep in `folder`; returns the Markdown file."""
+    meta = read_meta(folder)
+    if meta is None:
+        raise SpecError(f"{folder}: not a sweep folder (no dals-sweep.json)")
+    spec = spec_copy(folder)
+    out_dir = out_dir or Path(RESULTS_DIR) / spec.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = load_epochs(folder)
+    if df.empty:
+        raise SpecError(f"{folder}: no trial has reported yet")
+    per_trial = finals(df, spec.metric)
+    ranked = ranking(per_trial, spec.mode)
+    to_target = epochs_to_target(df, spec.metric, spec.mode, spec.targets())
+    winners = regime_winners(ranked, spec.mode)
+    curves = plot_curves(df, spec.metric, out_dir)
+    meta_line = f"Sweep id `{meta.sweep_id}`, spec hash `{meta.spec_hash}`"
+    # the report is for people: a password in any text the spec carried (description) is masked
+    text = redact(render_markdown(spec, meta_line, per_trial, ranked, to_target, winners, curves))
+    path = out_dir / "report.md"
+    path.write_text(text + "\n")
+    ranked.to_csv(out_dir / "ranking.csv", index=False)
+    per_trial.to_csv(out_dir / "trials.csv", index=False)  # each trial's status: finished, diverged...
+    return path

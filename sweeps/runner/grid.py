@@ -1,0 +1,227 @@
+"""Grid sweeps on Ray Tune: a validated spec -> a grid of trials, resumable, tracked, reported.
+
+Running the same spec again restores its experiment folder (`Tuner.can_restore` / `Tuner.restore`;
+see `sweeps.experiment.folder`), `fresh=True` deletes it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback, ExperimentAnalysis
+
+from sweeps.experiment import resume
+from sweeps.experiment.faults import Faults
+from sweeps.experiment.folder import experiment_dir, start_or_resume
+from sweeps.experiment.storage import storage_filesystem
+from sweeps.report.tables import write_report
+from sweeps.runner.progress import ProgressCallback
+from sweeps.runner.ray_setup import init_ray, scheduler
+from sweeps.spec.sweep import Spec, TrialSpec
+from sweeps.tracking import outbox, sync
+from sweeps.tracking.callback import MlflowCallback
+from sweeps.tracking.store import Store, Writes, open_parent
+from sweeps.train.config import TrialConfig
+from sweeps.train.trial import Trial
+
+
+# ----------------------------------------------------------------------------- the trainable
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray function trainable: one `Trial`, resumed from its newest checkpoint, reported every epoch.
+
+    Epochs the driver never recorded (it was killed) are reported again from the checkpoint or the
+    trial's final record, not trained again (`resume.resume`); `DALS_FAULT` injects a failure
+    for tests (`faults.Faults`).
+    """
+    trial = Trial(TrialConfig.restore(config["trial"]["config"]))
+    folder = resume.TrialFolder.current()
+    checkpoint = tune.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        given = None
+        if checkpoint is not None:  # on local storage, read in place (a deleted one is skipped)
+            given = Path(checkpoint.path if folder.local()
+                         else stack.enter_context(checkpoint.as_directory()))
+        replay = resume.resume(trial, given, folder)
+    for metrics in replay:
+        tune.report(dict(metrics))
+    faults = Faults.from_env(config["trial"]["key"], folder)
+    while not trial.done:
+        metrics = trial.run_epoch()
+        faults.after_epoch(trial.epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            trial.save(tmp)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def trial_entry(trial: TrialSpec) -> dict[str, Any]:
+    """What Ray carries per trial: the stable key, labels, the trial's full config and the
+    hyperparameters its strategy runs with (`TrialConfig.hyperparameters`, its regime's defaults
+    under the config's overrides): what MLflow records as `hp.*`."""
+    config = trial.config()
+    return {"key": trial.key, "slug": trial.slug, "labels": trial.labels(), "config": config.to_dict(),
+            "hp": config.hyperparameters()}
+
+
+def trial_name(trial: Any) -> str:
+    """Ray trial name and folder: the trial key as a slug (module level so Ray can pickle it)."""
+    return trial.config["trial"]["slug"]
+
+
+# ----------------------------------------------------------------------------- the experiment folder
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
+    trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu,
+                                                  "gpu": spec.resources.gpu})
+    folder = experiment_dir(spec)
+    fs = storage_filesystem(folder)  # files appear whole: a kill never leaves a truncated one
+    if tune.Tuner.can_restore(folder, storage_filesystem=fs):
+        return tune.Tuner.restore(folder, trainable=trainable, resume_errored=True,
+                                  storage_filesystem=fs), True
+    tune_config = tune.TuneConfig(
+        metric=spec.metric, mode=spec.mode,
+        scheduler=scheduler(spec.scheduler, max(int(e["config"]["epochs"]) for e in entries)),
+        max_concurrent_trials=spec.resources.max_concurrent, reuse_actors=True,
+        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+    )
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=spec.storage_path(), storage_filesystem=fs, verbose=0,
+        callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+    )
+    tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(entries)},
+                       tune_config=tune_config, run_config=run_config)
+    return tuner, False
+
+
+def saved_trials(folder: str) -> list:
+    """Trials as Tune last saved them (what a resume starts from). After Ctrl+C, Tune's in-memory
+    trials show the interrupted ones as terminated; the saved state does not."""
+    return ExperimentAnalysis(folder).trials
+
+
+def saved_counts(folder: str) -> tuple[int, int]:
+    """(finished, failed) trials as Tune saved them."""
+    statuses = [t.status for t in saved_trials(folder)]
+    return statuses.count("TERMINATED"), statuses.count("ERROR")
+
+
+class DropFinalCheckpoints(Callback):
+    """Delete a trial's checkpoints once it has finished (local storage): a finished trial is
+    never resumed, and its metrics live in result.json and MLflow. Should the driver die before
+    Tune saves the trial as finished, the trial's final record (`folder.FINAL_FILE`) lets the
+    resumed trainable report it finished instead of training it again."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.path and "://" not in trial.path:
+            resume.record_final(trial)
+            resume.empty_checkpoints(trial.path)  # the folders go once Tune has saved its state
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one `run_sweep` call did; `complete` is False when it was interrupted."""
+
+    name: str
+    sweep_id: str
+    folder: str
+    total: int
+    finished: int
+    failed: int
+    finished_before: int
+    wall_s: float
+    report: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.finished + self.failed == self.total
+
+
+def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh: bool = False,
+              report: bool = True, num_cpus: int | None = None, say=print) -> Outcome:
+    """Run (or resume) the sweep; returns counts. Ctrl+C stops it with its state saved."""
+    start = time.monotonic()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    meta, _ = start_or_resume(spec, spec_file, fresh)
+    entries = [trial_entry(t) for t in spec.trials()]
+    store = Store(meta.tracking_uri, meta.experiment) if meta.tracking_uri else None
+    callbacks: list = [ProgressCallback(spec.name, len(entries), spec.metric, spec.mode)]
+    if not spec.keep_final_checkpoint:
+        callbacks.append(DropFinalCheckpoints())
+    parent_id = None
+    with ThreadPoolExecutor(max_workers=1) as pool:  # MLflow set-up overlaps Ray's start-up
+        parent = store and pool.submit(
+            open_parent, store, meta.sweep_id, spec.name, spec.digest, spec_file,
+            {"trials": len(entries), "metric": spec.metric, "mode": spec.mode,
+             "storage": experiment_dir(spec), "scheduler": spec.scheduler.type},
+        )
+        init_ray(address, num_cpus)
+        if store is not None:
+            parent_id = parent.result()
+            callbacks.append(MlflowCallback(store, meta.sweep_id))
+    tuner, restored = _tuner(spec, entries, callbacks)
+    before = saved_counts(experiment_dir(spec))[0] if restored else 0
+    where = f"MLflow {store.shown} (experiment {meta.experiment})" if store else "MLflow off"
+    state = f"resuming, {before} finished before" if restored else "new"
+    say(f"sweep {spec.name}: {len(entries)} trials ({state}) · {experiment_dir(spec)} · {where}")
+
+    tuner.fit()
+    if store is not None:
+        outbox.flush_all()
+    trials = saved_trials(experiment_dir(spec))
+    resume.complete_results(trials)
+    resume.drop_empty_checkpoints(trials)
+    if store is not None:  # skipped, and counted, while MLflow is unreachable
+        outbox.attempt(store, Writes(),
+                       lambda: sync.reconcile_tracking(store, meta.sweep_id, trials))
+    statuses = [t.status for t in trials]
+    finished, failed = statuses.count("TERMINATED"), statuses.count("ERROR")
+    outcome = Outcome(
+        name=spec.name, sweep_id=meta.sweep_id, folder=experiment_dir(spec), total=len(entries),
+        finished=finished, failed=failed, finished_before=before,
+        wall_s=time.monotonic() - start, report=None,
+    )
+    if store is not None and not outcome.complete:
+        sync.mark_interrupted(store, meta.sweep_id)
+    report_file = None
+    if outcome.complete and report:
+        report_file = write_report(experiment_dir(spec))
+        sync.upload_report(experiment_dir(spec), report_file.parent)
+        say(f"report: {report_file}")
+    if store is not None:
+        outbox.close_parent(store, parent_id, "FINISHED" if outcome.complete else "KILLED")
+        missing = outbox.unrecorded_line(store, experiment_dir(spec), spec_file)
+        if missing:  # MLflow was down at the end: say what it lacks and how to record it
+            say(missing)
+    return replace(outcome, report=str(report_file) if report_file else None)
+
+
+def dry_run(spec: Spec, say=print) -> int:
+    """Print the trials a sweep would run; returns their count."""
+    trials = spec.trials()
+    for t in trials:
+        cfg, given = t.config(), t.settings.trial_kwargs()
+        shown = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "model": cfg.model,
+                 **{k: v for k, v in given.items() if k != "hp"}, **given.get("hp", {})}
+        say(f"  {t.key:<40} gen{t.generation} {t.regime:<9} "
+            + " ".join(f"{k}={v}" for k, v in shown.items()))
+    res = spec.resources
+    say(f"{spec.name}: {len(trials)} trials ({len(spec.grid.strategies)} strategies x "
+        f"{len(spec.grid.datasets)} datasets x {len(spec.grid.seeds)} seeds), "
+        f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial, scheduler {spec.scheduler.type}, "
+        f"storage {experiment_dir(spec)}")
+    return len(trials)

@@ -1,0 +1,44 @@
+"""Ray set-up shared by sweeps and tuning: the Ray runtime and the one ASHA factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from sweeps.spec.common import Asha
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Local Ray (no dashboard, worker logs kept off the terminal) or a cluster at `address`."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune snapshots its state whenever a trial has saved `num_to_keep` checkpoints: good for
+    # resume, cheap at our trial sizes, and not worth a warning each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Failed trials get one line from ProgressCallback (error and traceback file), not Tune's
+    # traceback on the terminal.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # No worker_process_setup_hook importing torch early: torch would fix its thread count
+        # before Ray sets OMP_NUM_THREADS for the trial, and two trials on two cores would each
+        # run two threads (measured: 4x slower epochs).
+        ray.init(include_dashboard=False, num_cpus=num_cpus, **kwargs)
+
+
+def scheduler(asha: Asha, max_t: int):
+    """The spec's ASHA scheduler over epochs (None when off): a sweep's `scheduler`, a study's
+    `pruning`."""
+    if asha.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(asha.grace_period, max_t),
+                         reduction_factor=asha.reduction_factor)

@@ -1,0 +1,259 @@
+"""One trial: strategy x dataset x seed -> per-epoch metrics, with checkpoints that resume bit for bit.
+
+The sweep service drives :class:`Trial` (or :func:`run_trial`); ``dals train`` prints its curve.
+The config (:class:`sweeps.train.config.TrialConfig`) is validated where it is made, not here.
+Data is loaded and tokenised once in ``__init__``; an epoch is a seeded permutation of the training rows,
+so the batch order depends only on (seed, epoch) and a restored trial replays exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+import dalsopt
+
+from sweeps.train import models
+from sweeps.train.config import TrialConfig
+from sweeps.train.data import registry as datamod
+from sweeps.train.data import text
+from sweeps.train.data.split import Split
+from sweeps.train.status import TrialStatus
+
+CHECKPOINT_FILE = "trial.pt"
+DIVERGENCE_CHECK_EVERY = 20  # steps between host syncs on the running loss
+EVAL_SPLIT_SEED = 0  # eval subsets are the same rows for every trial seed
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+class Trial:
+    """One strategy x dataset x seed. ``run_epoch`` until ``done``; ``save``/``restore`` between epochs."""
+
+    def __init__(self, config: TrialConfig | Mapping[str, Any]):
+        self.config = config if isinstance(config, TrialConfig) else TrialConfig.create(**config)
+        cfg = self.config
+        self.device = _device(cfg.device)
+        self.seed = cfg.seed
+        self.epoch = 0
+        self.status = TrialStatus.RUNNING
+        load = dict(data_dir=cfg.data_dir, eval_file=cfg.eval_file, text_column=cfg.text_column,
+                    text_column2=cfg.text_column2, label_column=cfg.label_column)
+        train = datamod.load(cfg.dataset, "train", max_n=cfg.max_train, seed=self.seed, **load)
+        evals = datamod.load(cfg.dataset, "eval", max_n=cfg.max_eval, seed=EVAL_SPLIT_SEED, **load)
+        if len(evals) == 0 or len(train) == 0:
+            raise ValueError(f"dataset {cfg.dataset!r} has an empty train or eval split")
+        self.kind = train.kind
+        self.num_classes = train.num_classes
+        self.train_inputs, self.train_y, self.eval_inputs, self.eval_y, extra = self._encode(train, evals)
+        torch.manual_seed(self.seed)  # model init depends on the seed only, not on data loading
+        self.model = models.build(cfg.model, kind=self.kind, regime=cfg.regime,
+                                  num_classes=train.num_classes, **extra).to(self.device)
+        self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.strategy = dalsopt.make(cfg.strategy, self.model, total_steps=self.total_steps,
+                                     regime=cfg.regime, **cfg.hp)
+        self._block_groups = _bottom_top(self.strategy.optimizer.param_groups)
+        self.history: list[dict[str, Any]] = []
+
+    # --- data ---------------------------------------------------------------------------------------
+
+    def _encode(self, train: Split, evals: Split):
+        """Tokenise once (text) or keep tensors; returns inputs, labels and the model's size arguments."""
+        cfg = self.config
+        if train.kind != "text":
+            extra = {"in_features": int(train.x.shape[1])} if train.kind == "tensor" else {}
+            return {"x": train.x}, train.y, {"x": evals.x}, evals.y, extra
+        if cfg.regime == "scratch":
+            vocab = text.Vocab.build(list(train.texts) + list(train.texts2 or ()))
+            enc = lambda s: text.encode_words(s, vocab, cfg.max_length)  # noqa: E731
+            extra = {"vocab_size": len(vocab)}
+        else:
+            tok = models.load_tokenizer(cfg.model)
+            enc = lambda s: text.encode_tokenizer(s, tok, cfg.max_length)  # noqa: E731
+            extra = {}
+        tr, ev = enc(train), enc(evals)
+        return tr.inputs, tr.y, ev.inputs, ev.y, extra
+
+    def _batch(self, inputs: dict[str, torch.Tensor], index: torch.Tensor, train: bool,
+               gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+        if self.kind == "text":
+            batch = text.trim(inputs, index)
+        elif self.kind == "image":
+            x = inputs["x"][index]
+            if train and self.config.augment:
+                x = _augment(x, gen)
+            batch = {"x": _normalise(x)}
+        else:
+            batch = {"x": inputs["x"][index]}
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.kind == "text":
+            out = self.model(**batch)
+            return out.logits if hasattr(out, "logits") else out
+        return self.model(batch["x"])
+
+    # --- one epoch ----------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.status != TrialStatus.RUNNING
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch and evaluate; a non-finite loss ends the trial as ``diverged`` (no exception)."""
+        if self.done:
+            raise RuntimeError(f"trial is {self.status} after epoch {self.epoch}; nothing left to run")
+        cfg = self.config
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.train_y), generator=gen)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        seen, diverged = 0, False
+        for step, index in enumerate(order.split(cfg.batch_size)):
+            batch = self._batch(self.train_inputs, index, True, gen)
+            y = self.train_y[index].to(self.device, non_blocking=True)
+            loss = self._train_step(batch, y)
+            loss_sum += loss * len(index)
+            seen += len(index)
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                diverged = True
+                break
+        train_loss = float(loss_sum) / max(seen, 1)
+        train_seconds = time.perf_counter() - start
+        eval_acc, eval_loss = self.evaluate()
+        self.epoch += 1
+        if diverged or not math.isfinite(train_loss) or not math.isfinite(eval_loss):
+            self.status = TrialStatus.DIVERGED
+        elif self.epoch >= cfg.epochs:
+            self.status = TrialStatus.FINISHED
+        lr_bottom, lr_top = (float(self.strategy.optimizer.param_groups[i]["lr"]) for i in self._block_groups)
+        metrics = {
+            "epoch": self.epoch, "train_loss": train_loss, "eval_accuracy": eval_acc, "eval_loss": eval_loss,
+            "lr_bottom": lr_bottom, "lr_top": lr_top, "seconds": time.perf_counter() - start,
+            "examples_per_second": seen / max(train_seconds, 1e-9), "status": str(self.status),
+        }
+        self.history.append(metrics)
+        return metrics
+
+    def _train_step(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Forward, backward, ``s.step(loss=..., closure=...)``; the closure re-evaluates (SAM's 2nd pass)."""
+        def closure() -> torch.Tensor:
+            with torch.enable_grad():
+                again = F.cross_entropy(self._logits(batch), y)
+                again.backward()
+            return again.detach()
+
+        self.strategy.zero_grad()
+        loss = F.cross_entropy(self._logits(batch), y)
+        loss.backward()
+        loss = loss.detach()
+        self.strategy.step(loss=loss, closure=closure)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on the eval split."""
+        self.model.eval()
+        n = len(self.eval_y)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        total = torch.zeros((), device=self.device)
+        for index in torch.arange(n).split(2 * self.config.batch_size):
+            batch = self._batch(self.eval_inputs, index, False, None)
+            y = self.eval_y[index].to(self.device, non_blocking=True)
+            logits = self._logits(batch).float()
+            total += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+        self.model.train()
+        return int(correct) / n, float(total) / n
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``path/trial.pt`` (tensors and primitives only, atomically): model, strategy, RNG, progress."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "config": json.dumps(self.config.comparable(), sort_keys=True),
+            "epoch": self.epoch,
+            "status": str(self.status),
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        tmp = folder / (CHECKPOINT_FILE + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, folder / CHECKPOINT_FILE)
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Load a checkpoint written by :meth:`save` for the same config (folder or file path)."""
+        file = Path(path)
+        if file.is_dir():
+            file = file / CHECKPOINT_FILE
+        if not file.is_file():
+            raise FileNotFoundError(f"no trial checkpoint at {file}")
+        state = torch.load(file, map_location=self.device, weights_only=True)
+        mine = json.dumps(self.config.comparable(), sort_keys=True)
+        if state["config"] != mine:
+            raise ValueError(f"checkpoint {file} belongs to another trial config")
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.status = TrialStatus(state["status"])
+
+
+def _bottom_top(groups: list[dict]) -> tuple[int, int]:
+    """Indices of the bottom and top block's parameter group (first/last group without block tags)."""
+    if all("block" in g for g in groups):
+        blocks = [g["block"] for g in groups]
+        return blocks.index(min(blocks)), blocks.index(max(blocks))
+    return 0, len(groups) - 1
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the 4-pixel zero-padded image and a horizontal flip, from the epoch's generator."""
+    n = x.shape[0]
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2, n), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        img = padded[i, :, dy[i]: dy[i] + 32, dx[i]: dx[i] + 32]
+        out[i] = img.flip(2) if flip[i] else img
+    return out
+
+
+def run_trial(config: TrialConfig | Mapping[str, Any], checkpoint: str | os.PathLike | None = None) -> Iterator[dict[str, Any]]:
+    """Restore from ``checkpoint`` if given, then yield each epoch's metrics until the trial is done."""
+    trial = Trial(config)
+    if checkpoint is not None:
+        trial.restore(checkpoint)
+    while not trial.done:
+        yield trial.run_epoch()
