@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from sweeps.experiment.storage import delete_dir, read_text, write_text
+from sweeps.experiment.storage import delete_dir, filesystem, join, read_text, write_text
 from sweeps.spec.loader import parse_yaml
 from sweeps.spec.sweep import Spec, SpecError, load_spec, parse_spec
 
@@ -41,7 +41,8 @@ class SweepMeta:
 
 
 def experiment_dir(spec: Spec) -> str:
-    return f"{spec.storage_path().rstrip('/')}/{spec.name}"
+    """`<storage>/<spec name>`: a local path or a URI (its `?query` kept at the end)."""
+    return join(spec.storage_path(), spec.name)
 
 
 def read_meta(folder: str) -> SweepMeta | None:
@@ -122,3 +123,13 @@ def spec_copy(folder: str) -> Spec:
     tampered copy (a `!!python/...` tag, bad YAML) is one SpecError line, never code run."""
     source = f"{folder}/{SPEC_COPY}"
     return parse_spec(parse_yaml(read_text(folder, SPEC_COPY) or "", source), source, check_trials=False)
+
+
+def saved_trials(folder: str) -> list:
+    """Trials as Tune last saved them in `folder` (what a resume starts from), read from the sweep's
+    storage through its filesystem. After Ctrl+C, Tune's in-memory trials show the interrupted ones
+    as terminated; the saved state does not."""
+    from ray.tune import ExperimentAnalysis
+
+    fs, path = filesystem(folder)
+    return ExperimentAnalysis(path, storage_filesystem=fs).trials

@@ -1,31 +1,53 @@
 """Crash safety of a trial: what lets a sweep killed at any moment (driver `kill -9`, a trial's
-worker lost) be run again with nothing lost and nothing trained twice.
+worker lost) be run again with nothing lost and nothing trained twice, on any storage.
 
 - A trial resumes from its newest saved state (`resume`): its final record (`record_final`,
-  written as Tune ends it, before its checkpoints are dropped), else the newest whole checkpoint,
-  which may be newer than the one Ray's last snapshot names (the driver died before recording it)
-  or stand in for one Ray already deleted. Epochs the driver never recorded are reported again
-  from that state instead of being trained again; an ended trial only reports that it ended.
+  written as Tune ends it, before its checkpoints are dropped), else the newest whole checkpoint in
+  its folder (or in the folders of the earlier trials it continues, `also`), which may be newer
+  than the one Ray's last snapshot names (the driver died before recording it) or stand in for one
+  Ray already emptied. Epochs the driver never recorded are reported again from that state instead
+  of being trained again; an ended trial only reports that it ended.
+- Each checkpoint holds `CHECKPOINT_META` (its epoch and files, written last): a checkpoint is whole
+  when every file it lists is there, which is read from a listing and one small file, also on an
+  object store (no checkpoint is downloaded to learn its epoch).
 - After a run (`complete_results`): result.json gets what a killed driver left out for trials Tune
   will not run again (MLflow's side: `sweeps.tracking.sync.reconcile_tracking`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
+import posixpath
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow.fs
 import torch
 
 from sweeps.experiment.folder import FINAL_FILE, RESULT_FILE, final_record, own_metrics, parse_rows
-from sweeps.experiment.storage import CHECKPOINT_PREFIX, AtomicLocalFiles, is_local
+from sweeps.experiment.storage import CHECKPOINT_PREFIX, download, entries, is_local, read_at, remove_dir
 from sweeps.train.status import ENDED_BY_TRIAL, TrialStatus
 from sweeps.train.trial import CHECKPOINT_FILE
+
+CHECKPOINT_META = "dals-checkpoint.json"  # in each checkpoint: {"epoch": N, "files": [...]}
+
+
+class Resumable(Protocol):
+    """A `sweeps.train.trial.Trial`, or anything saved and restored like one (a tuning trial's seeds)."""
+
+    epoch: int
+    status: str
+    history: list[dict[str, Any]]
+
+    @property
+    def done(self) -> bool: ...
+
+    def save(self, path: str | Path) -> None: ...
+
+    def restore(self, path: str | Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -43,38 +65,89 @@ class TrialFolder:
         storage = tune.get_context().get_storage()
         return cls(storage.storage_filesystem, storage.trial_fs_path)
 
+    @classmethod
+    def of(cls, trial: Any) -> TrialFolder | None:
+        """A Ray trial's folder on its storage (the filesystem Ray wrote it with), or None when
+        the trial has none yet."""
+        if not trial.path:
+            return None
+        return cls(trial.storage.storage_filesystem, trial.path)
+
+    def sibling(self, name: str) -> TrialFolder:
+        """Another trial's folder in the same experiment."""
+        return TrialFolder(self.fs, posixpath.join(posixpath.dirname(self.path.rstrip("/")), name))
+
     def local(self) -> Path | None:
         """The folder as a local path, when the storage is local (or a mounted shared folder)."""
         return Path(self.path) if is_local(self.fs) else None
 
     def read(self, name: str) -> str | None:
-        try:
-            with self.fs.open_input_stream(f"{self.path}/{name}") as f:
-                return f.read().decode()
-        except (FileNotFoundError, OSError):
-            return None
+        return read_at(self.fs, f"{self.path}/{name}")
 
     def write(self, name: str, text: str) -> None:
         self.fs.create_dir(self.path, recursive=True)
         with self.fs.open_output_stream(f"{self.path}/{name}") as f:
             f.write(text.encode())
 
+    def names(self, prefix: str = "") -> list[str]:
+        """What the folder holds (files and folders) whose names start with `prefix`."""
+        return [i.base_name for i in entries(self.fs, self.path) if i.base_name.startswith(prefix)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Ray's result.json rows on storage (none when missing)."""
+        return parse_rows(self.read(RESULT_FILE) or "")
+
     def recorded_epochs(self) -> int:
         """The last epoch in the trial's result.json on storage (0 if none can be read)."""
-        return max((int(r.get("epoch", 0)) for r in parse_rows(self.read(RESULT_FILE) or "")), default=0)
+        return max((int(r.get("epoch", 0)) for r in self.rows()), default=0)
 
-    def checkpoints(self) -> list[Path]:
-        """The trial's checkpoint folders (local storage only: others are read through Ray)."""
-        local = self.local()
-        return sorted(local.glob(CHECKPOINT_PREFIX + "*")) if local else []
+    def checkpoints(self) -> list[str]:
+        """The paths (on `fs`) of the trial's checkpoint folders."""
+        return [f"{self.path}/{n}" for n in self.names(CHECKPOINT_PREFIX)]
 
     def final_record(self) -> dict[str, Any] | None:
         """What `record_final` wrote when Tune ended the trial, or None."""
         return final_record(self.read(FINAL_FILE))
 
+    def empty_checkpoints(self) -> None:
+        """Delete the trial's checkpoints, leaving their folders (see `SweepFiles.delete_dir`)."""
+        for path in self.checkpoints():
+            self.fs.delete_dir_contents(path, missing_dir_ok=True)
+
+    def drop_empty_checkpoints(self) -> None:
+        for path in self.checkpoints():
+            if not entries(self.fs, path):
+                remove_dir(self.fs, path)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(trial: Resumable, folder: str | Path) -> None:
+    """`trial.save(folder)`, then `CHECKPOINT_META` naming the epoch and every file it wrote."""
+    trial.save(folder)
+    root = Path(folder)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    (root / CHECKPOINT_META).write_text(json.dumps({"epoch": trial.epoch, "files": files}))
+
+
+def checkpoint_epoch(fs: pyarrow.fs.FileSystem, path: str) -> int | None:
+    """The epoch a checkpoint folder holds, or None when it is missing, empty or not whole. On
+    local storage a checkpoint without `CHECKPOINT_META` (written before it existed) is read."""
+    try:
+        meta = json.loads(read_at(fs, f"{path}/{CHECKPOINT_META}") or "null")
+        if isinstance(meta, dict):
+            infos = fs.get_file_info([f"{path}/{f}" for f in meta["files"]])
+            if all(i.type == pyarrow.fs.FileType.File for i in infos):
+                return int(meta["epoch"])
+            return None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    return saved_epoch(Path(path)) if is_local(fs) else None
+
 
 def saved_epoch(folder: Path) -> int | None:
-    """The epoch a checkpoint folder holds, or None when it is missing or not whole."""
+    """The epoch of a local checkpoint folder's trial file, or None when missing or not whole."""
     try:
         state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)
         return int(state["epoch"])
@@ -82,26 +155,41 @@ def saved_epoch(folder: Path) -> int | None:
         return None
 
 
-def resume(trial: Any, given: Path | None, folder: TrialFolder) -> list[dict[str, Any]]:
+def newest_checkpoint(folders: list[TrialFolder]) -> tuple[TrialFolder, str] | None:
+    """(folder, checkpoint path) of the newest whole checkpoint in any of `folders`."""
+    best, best_epoch = None, 0
+    for folder in folders:
+        for path in folder.checkpoints():
+            epoch = checkpoint_epoch(folder.fs, path)
+            if epoch is not None and epoch > best_epoch:
+                best, best_epoch = (folder, path), epoch
+    return best
+
+
+def resume(trial: Resumable, folder: TrialFolder, restored: bool, also: list[TrialFolder] = ()) -> list[dict[str, Any]]:
     """Bring `trial` to its newest saved state: its final record if it had ended, else the newest
-    whole checkpoint, Ray's (`given`) or a newer one in its folder (saved by a worker whose driver
-    died before recording it, or standing in for one Ray deleted). Returns the epochs to report
-    again, not train: those after the last one in the driver's result.json (all of them when Ray
-    starts the trial afresh, as its result.json then starts afresh too), and the last epoch of an
-    ended trial (Ray's last result may predate the end)."""
+    whole checkpoint in its folder or in `also` (the folders of earlier trials it continues: a
+    tuning trial queued again after a killed run). Returns the epochs to report again, not train:
+    those after the last one in the driver's result.json when Ray `restored` the trial (its
+    result.json continues), all of them when Ray starts it afresh (its result.json starts afresh
+    too), and the last epoch of an ended trial (Ray's last result may predate the end)."""
     final = folder.final_record()
     if final is not None:  # nothing left to train: the history is all that is needed
         trial.epoch, trial.status, trial.history = int(final["epoch"]), str(final["status"]), final["history"]
     else:
-        best, best_epoch = None, 0
-        for path in ([given] if given is not None else []) + folder.checkpoints():
-            epoch = saved_epoch(path)
-            if epoch is not None and epoch > best_epoch:
-                best, best_epoch = path, epoch
-        if best is None:
+        found = newest_checkpoint([folder, *also])
+        if found is None:
             return []
-        trial.restore(best)
-    recorded = folder.recorded_epochs() if given is not None else 0
+        where, path = found
+        with contextlib.ExitStack() as stack:
+            local = where.local()
+            if local is None:  # an object store: the one checkpoint chosen is downloaded
+                local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dals-ckpt-")))
+                download(where.fs, path, local)
+                trial.restore(local)
+            else:
+                trial.restore(Path(path))
+    recorded = folder.recorded_epochs() if restored else 0
     replay = [m for m in trial.history if int(m["epoch"]) > recorded]
     if trial.done and not replay and trial.history:
         replay = [trial.history[-1]]
@@ -111,16 +199,9 @@ def resume(trial: Any, given: Path | None, folder: TrialFolder) -> list[dict[str
 # ----------------------------------------------------------------------------- after a run
 
 
-def saved_folder(trial: Any) -> TrialFolder | None:
-    """A saved trial's folder, on local storage (None elsewhere)."""
-    if not trial.path or "://" in trial.path:
-        return None
-    return TrialFolder(pyarrow.fs.PyFileSystem(AtomicLocalFiles()), trial.path)
-
-
 def trial_rows(trial: Any) -> list[dict[str, Any]]:
-    folder = saved_folder(trial)
-    return parse_rows(folder.read(RESULT_FILE) or "") if folder else []
+    folder = TrialFolder.of(trial)
+    return folder.rows() if folder else []
 
 
 def record_final(trial: Any) -> None:
@@ -128,7 +209,7 @@ def record_final(trial: Any) -> None:
     record (every epoch it reported) to its folder. Should the driver die before Tune saves the
     trial as ended, Tune resumes it with its checkpoints gone; the record makes the trainable
     report it ended instead of training it all again (`resume`)."""
-    folder = saved_folder(trial)
+    folder = TrialFolder.of(trial)
     staging = Path(trial.local_path or "", RESULT_FILE)
     if folder is None or folder.final_record() is not None or not staging.is_file():
         return
@@ -143,23 +224,19 @@ def record_final(trial: Any) -> None:
             "status": status if status in ENDED_BY_TRIAL else TrialStatus.STOPPED}, default=str))
 
 
-def empty_checkpoints(trial_path: str | os.PathLike) -> None:
-    """Delete a trial's checkpoints, leaving their folders (see `AtomicLocalFiles.delete_dir`)."""
-    for folder in Path(trial_path).glob(CHECKPOINT_PREFIX + "*"):
-        for item in folder.iterdir():
-            if item.is_dir():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                item.unlink(missing_ok=True)
+def empty_checkpoints(trial: Any) -> None:
+    """Delete an ended trial's checkpoints, leaving their folders (Tune's saved state may name them)."""
+    folder = TrialFolder.of(trial)
+    if folder is not None:
+        folder.empty_checkpoints()
 
 
 def drop_empty_checkpoints(trials: list) -> None:
     """Remove the emptied checkpoint folders of trials Tune saved as finished (never resumed)."""
     for trial in trials:
-        if trial.status == "TERMINATED" and saved_folder(trial) is not None:
-            for folder in Path(trial.path).glob(CHECKPOINT_PREFIX + "*"):
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+        folder = TrialFolder.of(trial)
+        if trial.status == "TERMINATED" and folder is not None:
+            folder.drop_empty_checkpoints()
 
 
 def complete_results(trials: list) -> None:
@@ -168,11 +245,11 @@ def complete_results(trials: list) -> None:
     killed in the middle can leave a trial finished in the state, which is never run again, with
     its last epochs missing from result.json."""
     for trial in trials:
-        folder = saved_folder(trial)
+        folder = TrialFolder.of(trial)
         if trial.status != "TERMINATED" or folder is None:
             continue
         final = folder.final_record()
-        rows = trial_rows(trial)
+        rows = folder.rows()
         have = {int(r.get("epoch", 0)) for r in rows}
         missing = [m for m in (final or {}).get("history", []) if int(m["epoch"]) not in have]
         if missing:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.experiment.folder import PARAMS_FILE, RESULT_FILE, read_meta, spec_copy
+from sweeps.experiment.folder import PARAMS_FILE, read_meta, spec_copy
+from sweeps.experiment.resume import TrialFolder
+from sweeps.experiment.storage import filesystem, subfolders
 from sweeps.redact import redact
 from sweeps.spec.sweep import Spec, SpecError
 from sweeps.train.status import TrialStatus, final_status
@@ -23,49 +25,64 @@ RESULTS_DIR = "results"
 LABELS = ["key", "strategy", "generation", "dataset", "regime", "seed"]
 # What a diverged epoch measured (accuracy of non-finite weights, NaN losses) is no result:
 # the report blanks these for that epoch, so a diverged seed never ranks or wins on them.
-DIVERGED_BLANK = ("eval_accuracy", "eval_loss", "train_loss")
+DIVERGED_BLANK = ("eval_accuracy", "eval_loss", "val_accuracy", "val_loss", "train_loss")
+SPLITS = {"eval": "test", "val": "validation"}  # a metric's prefix -> the split it is measured on
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 def load_epochs(folder: str | Path) -> pd.DataFrame:
-    """One row per (trial, epoch) from the trial folders; `status` is the trial's final status.
-    The epoch a trial diverged in keeps its row, its metrics blanked (DIVERGED_BLANK)."""
+    """One row per (trial, epoch) from the trial folders (local or in a bucket, read through
+    `sweeps.experiment.storage`); `status` is the trial's final status. The epoch a trial diverged
+    in keeps its row, its metrics blanked (DIVERGED_BLANK)."""
+    fs, base = filesystem(str(folder))
     rows: list[dict] = []
-    for trial_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
-        params_file = trial_dir / PARAMS_FILE
-        if not params_file.exists():
+    for name in subfolders(str(folder)):
+        trial_dir = TrialFolder(fs, f"{base}/{name}")
+        params = trial_dir.read(PARAMS_FILE)
+        if params is None:
             continue
-        trial = json.loads(params_file.read_text())["trial"]
-        base = {**trial["labels"], "key": trial["key"]}
+        trial = json.loads(params)["trial"]
+        base_row = {**trial["labels"], "key": trial["key"]}
         epochs: dict[int, dict] = {}
-        result_file = trial_dir / RESULT_FILE
-        for line in result_file.read_text().splitlines() if result_file.exists() else []:
-            result = json.loads(line)
+        for result in trial_dir.rows():
             metrics = {k: v for k, v in result.items() if k != "config"}
             if result.get("status") == "diverged":
                 metrics.update({k: math.nan for k in DIVERGED_BLANK})
             epochs[int(result.get("epoch", result.get("training_iteration", 0)))] = metrics
-        failed = any(trial_dir.glob("error.*"))
+        failed = bool(trial_dir.names("error."))
         last = epochs[max(epochs)] if epochs else {}
         status = TrialStatus.FAILED if failed else final_status(last.get("status"))
         if not epochs:
-            rows.append({**base, "epoch": 0, "status": status})
+            rows.append({**base_row, "epoch": 0, "status": status})
         for epoch, metrics in sorted(epochs.items()):
-            rows.append({**metrics, **base, "epoch": epoch, "status": status})
+            rows.append({**metrics, **base_row, "epoch": epoch, "status": status})
     return pd.DataFrame(rows)
 
 
+def split_metrics(metric: str) -> dict[str, str]:
+    """The metric on each split that measures it: `val_accuracy` -> {test: eval_accuracy,
+    validation: val_accuracy}; none for `train_loss`. Why: a spec ranks on one, the report shows both."""
+    prefix, _, name = metric.partition("_")
+    return {split: f"{p}_{name}" for p, split in SPLITS.items()} if prefix in SPLITS else {}
+
+
 def finals(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per trial: labels, status, final and best metric, epochs run."""
+    """One row per trial: labels, status, final and best metric, epochs run, and the final value
+    of the metric on each split measured (`final_test`, `final_validation`)."""
     df = df.sort_values(["key", "epoch"])
     grouped = df.groupby("key", sort=False)
     out = grouped[LABELS[1:] + ["status"]].last()
-    # the last epoch's value even when it is NaN (pandas' last() would skip back over it)
-    out["final"] = grouped[metric].agg(lambda s: s.iloc[-1]) if metric in df else math.nan
+
+    def last(key: str):  # the last epoch's value even when NaN (pandas' last() would skip back)
+        return grouped[key].agg(lambda s: s.iloc[-1]) if key in df else math.nan
+
+    out["final"] = last(metric)
     out["best"] = grouped[metric].max() if metric in df else math.nan
     out["epochs"] = grouped["epoch"].max()
+    for split, key in split_metrics(metric).items():
+        out[f"final_{split}"] = last(key)
     return out.reset_index()
 
 
@@ -75,12 +92,15 @@ def finals(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 def ranking(per_trial: pd.DataFrame, mode: str) -> pd.DataFrame:
     """Per dataset, strategies ranked by final metric: mean, std (over seeds; NaN finals of
     diverged seeds left out, and counted in `diverged`), best, seeds."""
+    per_split = {f"{split}_{stat}": (f"final_{split}", stat) for split in SPLITS.values()
+                 if f"final_{split}" in per_trial for stat in ("mean", "std")}
     agg = per_trial.groupby(["dataset", "strategy"]).agg(
         generation=("generation", "first"), regime=("regime", "first"),
         mean=("final", "mean"), std=("final", "std"), best=("best", "max"),
         seeds=("seed", "nunique"),
         failed=("status", lambda s: int((s == "failed").sum())),
         diverged=("status", lambda s: int((s == "diverged").sum())),
+        **per_split,
     ).reset_index()
     agg["rank"] = agg.groupby("dataset")["mean"].rank(ascending=(mode == "min"), method="min",
                                                       na_option="bottom").astype(int)
@@ -164,6 +184,22 @@ def _num(x: float, digits: int = 4) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _mean_std(mean: float, std: float) -> str:
+    return _num(mean) + ("" if std is None or math.isnan(std) else f" ± {_num(std)}")
+
+
+def _split_of(metric: str) -> str:
+    """'test, ' or 'validation, ' (or nothing): the split the ranked metric is measured on."""
+    split = SPLITS.get(metric.partition("_")[0])
+    return f"{split}, " if split else ""
+
+
+def _other_splits(group: pd.DataFrame, metric: str) -> list[tuple[str, str]]:
+    """(split, metric) of the splits other than the ranked metric's that this dataset measured."""
+    return [(split, key) for split, key in split_metrics(metric).items()
+            if key != metric and f"{split}_mean" in group and group[f"{split}_mean"].notna().any()]
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -181,12 +217,16 @@ def render_markdown(spec: Spec, meta_line: str, per_trial: pd.DataFrame, ranked:
         target = to_target[to_target["dataset"] == dataset].set_index("strategy")
         tgt = f"epochs to {m} {'>=' if spec.mode == 'max' else '<='} {target['target'].iloc[0]:g}" \
             if len(target) else None
-        header = ["rank", "strategy", "gen", f"final {m} (mean ± std)", "best", "seeds"] + \
+        others = _other_splits(group, m)
+        header = ["rank", "strategy", "gen", f"final {m} ({_split_of(m)}mean ± std)", "best",
+                  *[f"{key} ({split}, mean ± std)" for split, key in others], "seeds"] + \
             ([tgt] if tgt else []) + ["diverged", "failed"]
         rows = []
         for r in group.itertuples():
-            final = _num(r.mean) + ("" if math.isnan(r.std) else f" ± {_num(r.std)}")
-            row = [r.rank, f"`{r.strategy}`", r.generation, final, _num(r.best), r.seeds]
+            cells = r._asdict()
+            row = [r.rank, f"`{r.strategy}`", r.generation, _mean_std(r.mean, r.std), _num(r.best),
+                   *[_mean_std(cells[f"{split}_mean"], cells[f"{split}_std"]) for split, _ in others],
+                   r.seeds]
             if tgt:
                 t = target.loc[r.strategy] if r.strategy in target.index else None
                 row.append("—" if t is None or t["reached"] == 0

@@ -6,7 +6,6 @@ see `sweeps.experiment.folder`), `fresh=True` deletes it first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -16,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune import Callback, ExperimentAnalysis
+from ray.tune import Callback
 
 from sweeps.experiment import resume
 from sweeps.experiment.faults import Faults
-from sweeps.experiment.folder import experiment_dir, start_or_resume
-from sweeps.experiment.storage import storage_filesystem
+from sweeps.experiment.folder import experiment_dir, saved_trials, start_or_resume
+from sweeps.experiment.storage import filesystem
 from sweeps.report.tables import write_report
 from sweeps.runner.progress import ProgressCallback
 from sweeps.runner.ray_setup import init_ray, scheduler
@@ -29,6 +28,8 @@ from sweeps.spec.sweep import Spec, TrialSpec
 from sweeps.tracking import outbox, sync
 from sweeps.tracking.callback import MlflowCallback
 from sweeps.tracking.store import Store, Writes, open_parent
+from sweeps.tracking.summary import log_sweep_summary
+from sweeps.tracking.system import SystemSampler
 from sweeps.train.config import TrialConfig
 from sweeps.train.trial import Trial
 
@@ -40,26 +41,22 @@ def train_trial(config: dict[str, Any]) -> None:
     """Ray function trainable: one `Trial`, resumed from its newest checkpoint, reported every epoch.
 
     Epochs the driver never recorded (it was killed) are reported again from the checkpoint or the
-    trial's final record, not trained again (`resume.resume`); `DALS_FAULT` injects a failure
-    for tests (`faults.Faults`).
+    trial's final record, not trained again (`resume.resume`, which finds the newest checkpoint in
+    the trial's folder on any storage: Ray's is among them); `DALS_FAULT` injects a failure for
+    tests (`faults.Faults`).
     """
     trial = Trial(TrialConfig.restore(config["trial"]["config"]))
     folder = resume.TrialFolder.current()
-    checkpoint = tune.get_checkpoint()
-    with contextlib.ExitStack() as stack:
-        given = None
-        if checkpoint is not None:  # on local storage, read in place (a deleted one is skipped)
-            given = Path(checkpoint.path if folder.local()
-                         else stack.enter_context(checkpoint.as_directory()))
-        replay = resume.resume(trial, given, folder)
+    replay = resume.resume(trial, folder, restored=tune.get_checkpoint() is not None)
     for metrics in replay:
         tune.report(dict(metrics))
     faults = Faults.from_env(config["trial"]["key"], folder)
+    system = SystemSampler()  # the worker's CPU, memory and GPU per epoch (MLflow's system metrics)
     while not trial.done:
-        metrics = trial.run_epoch()
+        metrics = {**trial.run_epoch(), **system.sample()}
         faults.after_epoch(trial.epoch)
         with tempfile.TemporaryDirectory() as tmp:
-            trial.save(tmp)
+            resume.save_checkpoint(trial, tmp)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -86,8 +83,9 @@ def trial_name(trial: Any) -> str:
 def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
     trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu,
                                                   "gpu": spec.resources.gpu})
-    folder = experiment_dir(spec)
-    fs = storage_filesystem(folder)  # files appear whole: a kill never leaves a truncated one
+    # Ray gets the storage's filesystem and paths inside it (`sweeps.experiment.storage`): files
+    # appear whole, a kill never leaves a truncated one, on a local disk or in a bucket
+    fs, folder = filesystem(experiment_dir(spec))
     if tune.Tuner.can_restore(folder, storage_filesystem=fs):
         return tune.Tuner.restore(folder, trainable=trainable, resume_errored=True,
                                   storage_filesystem=fs), True
@@ -98,7 +96,7 @@ def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=spec.storage_path(), storage_filesystem=fs, verbose=0,
+        name=spec.name, storage_path=filesystem(spec.storage_path())[1], storage_filesystem=fs, verbose=0,
         callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
@@ -108,12 +106,6 @@ def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
     return tuner, False
 
 
-def saved_trials(folder: str) -> list:
-    """Trials as Tune last saved them (what a resume starts from). After Ctrl+C, Tune's in-memory
-    trials show the interrupted ones as terminated; the saved state does not."""
-    return ExperimentAnalysis(folder).trials
-
-
 def saved_counts(folder: str) -> tuple[int, int]:
     """(finished, failed) trials as Tune saved them."""
     statuses = [t.status for t in saved_trials(folder)]
@@ -121,15 +113,16 @@ def saved_counts(folder: str) -> tuple[int, int]:
 
 
 class DropFinalCheckpoints(Callback):
-    """Delete a trial's checkpoints once it has finished (local storage): a finished trial is
+    """Delete a trial's checkpoints once it has finished (any storage): a finished trial is
     never resumed, and its metrics live in result.json and MLflow. Should the driver die before
     Tune saves the trial as finished, the trial's final record (`folder.FINAL_FILE`) lets the
     resumed trainable report it finished instead of training it again."""
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.path and "://" not in trial.path:
-            resume.record_final(trial)
-            resume.empty_checkpoints(trial.path)  # the folders go once Tune has saved its state
+        # `trial.path` is a path inside the storage's filesystem (no scheme, also on a bucket):
+        # the trial's own filesystem says where it is
+        resume.record_final(trial)
+        resume.empty_checkpoints(trial)  # the folders go once Tune has saved its state
 
 
 @dataclass(frozen=True)
@@ -159,7 +152,8 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
     meta, _ = start_or_resume(spec, spec_file, fresh)
     entries = [trial_entry(t) for t in spec.trials()]
     store = Store(meta.tracking_uri, meta.experiment) if meta.tracking_uri else None
-    callbacks: list = [ProgressCallback(spec.name, len(entries), spec.metric, spec.mode)]
+    callbacks: list = [ProgressCallback(spec.name, len(entries), spec.metric, spec.mode,
+                                        epochs=max(int(e["config"]["epochs"]) for e in entries))]
     if not spec.keep_final_checkpoint:
         callbacks.append(DropFinalCheckpoints())
     parent_id = None
@@ -203,6 +197,8 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
         sync.upload_report(experiment_dir(spec), report_file.parent)
         say(f"report: {report_file}")
     if store is not None:
+        outbox.attempt(store, Writes(), lambda: log_sweep_summary(store, parent_id, experiment_dir(spec),
+                                                                  spec.metric, spec.mode))
         outbox.close_parent(store, parent_id, "FINISHED" if outcome.complete else "KILLED")
         missing = outbox.unrecorded_line(store, experiment_dir(spec), spec_file)
         if missing:  # MLflow was down at the end: say what it lacks and how to record it

@@ -14,14 +14,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      WrapValidator, model_validator)
 
 import dalsopt
 
+from sweeps.spec.credentials import no_credentials
 from sweeps.train.config import TrialConfig, first_line
 from sweeps.train.data import registry as datasets
 
-METRICS = ("eval_accuracy", "eval_loss", "train_loss")
+METRICS = ("eval_accuracy", "eval_loss", "val_accuracy", "val_loss", "train_loss")
+VAL_METRICS = ("val_accuracy", "val_loss")  # measured only where a dataset sets `validation`
+DEFAULT_VALIDATION = 0.1  # what a tuning spec on a val_* metric holds out when a dataset sets none
 DEFAULT_STORAGE = "dals-runs"
 DEFAULT_TRACKING_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
@@ -172,7 +176,8 @@ class Asha(Strict):
 
 class Tracking(Strict):
     enabled: bool = True
-    uri: str | None = Field(None, description=f"default: sqlite:///./{DEFAULT_TRACKING_DB}")
+    uri: Annotated[str | None, AfterValidator(no_credentials)] = Field(
+        None, description=f"default: sqlite:///./{DEFAULT_TRACKING_DB}")
     experiment: str | None = Field(None, description="default: the spec's name")
 
 
@@ -209,7 +214,8 @@ class SpecBase(Workspace, Strict):
     datasets: dict[str, TrialSettings] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
-    storage: str = Field(DEFAULT_STORAGE, description="Ray Tune storage path (local or URI)")
+    storage: Annotated[str, AfterValidator(no_credentials)] = Field(
+        DEFAULT_STORAGE, description="Ray Tune storage path (local or URI)")
 
     def dataset_names(self) -> tuple[str, list[str]]:
         """(the section listing the datasets, its datasets)."""
@@ -221,6 +227,17 @@ class SpecBase(Workspace, Strict):
         for name in self.datasets:
             if name not in names:
                 raise ValueError(f"datasets: {name!r} is not in {section}; allowed: " + ", ".join(names))
+        return self
+
+    @model_validator(mode="after")
+    def _validation_for_metric(self) -> SpecBase:
+        """A val_* metric needs every dataset's validation split: without one it is never measured."""
+        if self.metric in VAL_METRICS:
+            missing = [d for d in self.dataset_names()[1] if not self.settings(d).model_dump().get("validation")]
+            if missing:
+                raise ValueError(f"metric: {self.metric} needs a validation split; set `validation` "
+                                 f"(e.g. {DEFAULT_VALIDATION}) under defaults or datasets for "
+                                 + ", ".join(missing))
         return self
 
     def settings(self, dataset: str) -> TrialSettings:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 import dalsopt
 
 from sweeps.spec.common import (
-    MAX_SEED, MAX_TRIALS, Asha, Float, Int, Scalar, SpecBase, SpecError, Strict, check_defaults,
-    dataset_regime, expand_strategies, first_line, kind_name, validation_line,
+    DEFAULT_VALIDATION, MAX_SEED, MAX_TRIALS, METRICS, VAL_METRICS, Asha, Float, Int, Scalar, SpecBase,
+    SpecError, Strict, TrialSettings, check_defaults, dataset_regime, expand_strategies, first_line,
+    kind_name, validation_line,
 )
+from sweeps.spec.credentials import no_credentials
 from sweeps.spec.loader import read_yaml, resolve_path
 from sweeps.train.config import TrialConfig
 
@@ -98,7 +100,7 @@ class Tune(Strict):
                        description="seeds per trial: the objective is their mean")
     sampler: Sampler = Field(default_factory=Sampler)
     pruning: Asha = Field(default_factory=Asha)
-    storage: str | None = Field(None, description=f"Optuna storage: an RDB URL or a journal file "
+    storage: Annotated[str | None, AfterValidator(no_credentials)] = Field(None, description=f"Optuna storage: an RDB URL or a journal file "
                                                   f"(default: {JOURNAL_FILE} beside the MLflow db)")
 
     @field_validator("datasets", mode="before")
@@ -133,10 +135,22 @@ class Tune(Strict):
 
 
 class TuneSpec(SpecBase):
+    """A tuning spec. It tunes on validation by default (`metric: val_accuracy`, each dataset holding
+    out DEFAULT_VALIDATION of its train split unless it sets `validation`), so the eval (test) split
+    stays unseen by the search and the tuned-vs-default comparison on it is fair."""
+
     tune: Tune
+    metric: Literal[METRICS] = "val_accuracy"  # type: ignore[valid-type]
 
     def dataset_names(self) -> tuple[str, list[str]]:
         return "tune.datasets", self.tune.datasets
+
+    def settings(self, dataset: str) -> TrialSettings:
+        """The dataset's settings; on a val_* metric with `validation` unset, DEFAULT_VALIDATION."""
+        settings = super().settings(dataset)
+        if self.metric in VAL_METRICS and settings.model_dump().get("validation") is None:
+            settings = settings.merged(TrialSettings(validation=DEFAULT_VALIDATION))
+        return settings
 
     def studies(self) -> list[Study]:
         """One study per regime (its datasets together) or per dataset, in the spec's order."""

@@ -6,22 +6,24 @@ The report itself is written by `sweeps.report` (files only); uploading it lives
 
 from __future__ import annotations
 
-import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from sweeps.experiment.folder import SPEC_COPY, read_meta, spec_copy
+from sweeps.experiment.folder import SPEC_COPY, read_meta, saved_trials, spec_copy
 from sweeps.experiment.resume import trial_rows
+from sweeps.experiment.storage import read_text
 from sweeps.report.tables import write_report
 from sweeps.tracking.outbox import attempt
 from sweeps.tracking.store import (
-    PARENT, RUN_NAME, RUN_STATUS, TAG_KEY, TAG_RAY_ID, TAG_ROLE, TAG_STATUS, TAG_SWEEP, Store,
-    TrackingUnavailable, Writes, end_run, find_parent, log_folder, open_parent, reason, result_step,
-    result_values, run_params, search_runs, sweep_runs, transient,
+    RUN_STATUS, TAG_EPOCH, TAG_KEY, TAG_RAY_ID, TAG_ROLE, TAG_STATUS, TAG_SWEEP, Store,
+    TrackingUnavailable, Writes, child_tags, create_child, end_run, find_parent, log_folder,
+    logged_epoch, open_parent, reason, result_step, result_values, run_params, search_runs,
+    sweep_runs, transient,
 )
 from sweeps.train.status import saved_status
 
@@ -80,8 +82,7 @@ def reconcile_tracking(store: Any, sweep_id: str, trials: list) -> int:
         if run is not None and (status is None or (
                 run.data.tags.get(TAG_STATUS) == status
                 and run.info.status == RUN_STATUS.get(status, "FINISHED"))):
-            logged = {int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch")}
-            if logged >= {int(r.get("epoch", 0)) for r in rows}:
+            if logged_epoch(client, run) >= max(int(r.get("epoch", 0)) for r in rows):
                 continue
         sync_trial(client, exp_id, parent.info.run_id, sweep_id, trial)
         repaired += 1
@@ -89,13 +90,6 @@ def reconcile_tracking(store: Any, sweep_id: str, trials: list) -> int:
 
 
 # ----------------------------------------------------------------------------- dals sweep sync
-
-
-def _result_rows(trial_dir: Path) -> list[dict[str, Any]]:
-    path = trial_dir / "result.json"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _first_per_epoch(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -115,16 +109,16 @@ def sync_trial(client: MlflowClient, exp_id: str, parent_id: str, sweep_id: str,
     if found:
         run = found[0]
     else:
-        tags = {PARENT: parent_id, TAG_ROLE: "trial", TAG_SWEEP: sweep_id, TAG_KEY: spec["key"],
-                RUN_NAME: spec["slug"], TAG_RAY_ID: trial.trial_id}
-        run = client.create_run(exp_id, tags=tags, run_name=spec["slug"])
-        done.tags += len(tags)
+        run = client.get_run(create_child(client, exp_id, parent_id, sweep_id, spec,
+                                          **{TAG_RAY_ID: trial.trial_id}))
+        done.tags += len(child_tags(parent_id, sweep_id, spec)) + 1
+        done.params += len(run_params(spec))
     run_id = run.info.run_id
     params = [p for p in run_params(spec) if p.key not in run.data.params]
     if params:
         client.log_batch(run_id, params=params)
         done.params += len(params)
-    epochs = _first_per_epoch(_result_rows(Path(trial.path)))
+    epochs = _first_per_epoch(trial_rows(trial))
     have: dict[str, set[int]] = {}
     missing: list[Metric] = []
     for step, row in sorted(epochs.items()):
@@ -137,6 +131,9 @@ def sync_trial(client: MlflowClient, exp_id: str, parent_id: str, sweep_id: str,
     for i in range(0, len(missing), 1000):  # MLflow's log_batch limit
         client.log_batch(run_id, metrics=missing[i:i + 1000])
     done.metrics += len(missing)
+    if epochs and logged_epoch(client, run) < max(epochs):
+        client.log_batch(run_id, tags=[RunTag(TAG_EPOCH, str(max(epochs)))])
+        done.tags += 1
     status = saved_status(trial)
     if status and (run.data.tags.get(TAG_STATUS) != status
                    or run.info.status != RUN_STATUS.get(status, "FINISHED")):
@@ -149,15 +146,11 @@ def sync_sweep(folder: str, say=print) -> Writes:
     """`dals sweep sync`: make the sweep's MLflow runs match Ray's results in `folder` (missing
     runs, params, per-epoch metrics, final statuses; the parent ended and the report logged once
     every trial has ended). Idempotent: a second sync records nothing."""
-    from ray.tune import ExperimentAnalysis
-
     meta = read_meta(folder)
     if meta is None:
         raise ValueError(f"{folder}: not a sweep folder (no dals-sweep.json)")
     if not meta.tracking_uri:
         raise ValueError(f"sweep {meta.name} is not tracked (tracking.enabled: false): nothing to sync")
-    if "://" in folder:
-        raise ValueError(f"{folder}: sync reads Ray's result files from a local folder; copy it here first")
     store = Store(meta.tracking_uri, meta.experiment)
     try:
         client = store.client()
@@ -169,11 +162,14 @@ def sync_sweep(folder: str, say=print) -> Writes:
         raise TrackingUnavailable(f"MLflow tracking at {store.shown} is unreachable ({reason(exc)}); "
                                   "run the sync again once it is up") from None
     if parent is None:  # the sweep started while the store was down
-        parent_id = open_parent(store, meta.sweep_id, meta.name, meta.spec_hash,
-                                Path(folder) / SPEC_COPY, {"storage": folder})
+        with tempfile.TemporaryDirectory() as tmp:  # the spec copy, local for MLflow's upload
+            copy = Path(tmp) / SPEC_COPY
+            copy.write_text(read_text(folder, SPEC_COPY) or "")
+            parent_id = open_parent(store, meta.sweep_id, meta.name, meta.spec_hash, copy,
+                                    {"storage": folder})
     else:
         parent_id = parent.info.run_id
-    trials = ExperimentAnalysis(folder).trials
+    trials = saved_trials(folder)
     done = Writes()
     for trial in trials:
         done += sync_trial(client, exp_id, parent_id, meta.sweep_id, trial)
