@@ -125,3 +125,31 @@ def test_dals_report_command_regenerates_from_spec_or_folder(tmp_path, monkeypat
     assert (tmp_path / "elsewhere" / "report.md").exists()
     assert cli.main(["report", str(tmp_path)]) == 2  # neither a spec nor a sweep folder
     assert capsys.readouterr().err.startswith("dals: error: ")
+
+
+def test_a_validation_ranked_table_shows_the_test_split_beside_it(tmp_path):
+    """Ranked on val_accuracy (what tuning looks at), the table carries eval_accuracy (test) too;
+    ranked on eval_accuracy, the validation column appears where a dataset measured it."""
+    from sweeps.report.tables import render_markdown
+
+    frame = epochs_frame()
+    frame["val_accuracy"] = frame["eval_accuracy"].where(frame["dataset"] == "ds1") - 0.1
+    frame.loc[(frame["strategy"] == "sgd") & (frame["dataset"] == "ds1"), "val_accuracy"] += 0.2
+    ranked = ranking(finals(frame, "val_accuracy"), "max")
+    ds1 = ranked[ranked["dataset"] == "ds1"].set_index("strategy")
+    assert list(ds1.index) == ["sgd", "adam", "dals"]  # val 0.95, 0.84, 0.695: sgd wins on validation
+    assert ds1.loc["sgd", "test_mean"] == pytest.approx(0.85) and ds1.loc["adam", "test_mean"] == pytest.approx(0.94)
+    assert ds1.loc["sgd", "validation_mean"] == pytest.approx(0.95) == ds1.loc["sgd", "mean"]
+    path = tmp_path / "v.yaml"
+    path.write_text("name: v\nmetric: val_accuracy\ngrid: {strategies: [sgd], datasets: [synthetic], seeds: 1}\n"
+                    "defaults: {validation: 0.1}\n")
+    spec, _ = load_spec(path)
+    text = render_markdown(spec, "meta", finals(frame, "val_accuracy"), ranked, epochs_to_target(
+        frame, "val_accuracy", "max", {}), regime_winners(ranked, "max"), {})
+    header = next(line for line in text.splitlines() if line.startswith("| rank"))
+    assert "final val_accuracy (validation, mean ± std)" in header and "eval_accuracy (test, mean ± std)" in header
+    sgd = next(line for line in text.splitlines() if line.startswith("| 1 | `sgd`"))
+    assert "| 0.9500 ± 0.0707 | 1.0000 | 0.8500 ± 0.0707 |" in sgd  # validation, best, test
+    on_test = ranking(finals(frame, "eval_accuracy"), "max").set_index(["dataset", "strategy"])
+    assert on_test.loc[("ds1", "adam"), "validation_mean"] == pytest.approx(0.84)
+    assert math.isnan(on_test.loc[("ds2", "adam"), "validation_mean"])  # ds2 held out no validation

@@ -99,6 +99,14 @@ BROKEN = {
     "bad name": (("name: tiny", "name: 'a b'"), ["name", "pattern"]),
     "missing name": (("name: tiny\n", ""), ["name", "required"]),
     "not yaml": (("name: tiny", "name: [tiny"), ["not valid YAML"]),
+    "val metric without validation": (("name: tiny", "name: tiny\nmetric: val_accuracy"),
+                                      ["metric: val_accuracy needs a validation split", "synthetic"]),
+    "validation off under a val metric": (("{target: 0.9,", "{validation: 0, target: 0.9,"),
+                                          ["needs a validation split"]),
+    "validation too large": (("{target: 0.9,", "{validation: 0.9, target: 0.9,"),
+                             ["datasets.synthetic", "validation must be a fraction in (0, 0.5]"]),
+    "validation not a number": (("{target: 0.9,", "{validation: lots, target: 0.9,"),
+                                ["datasets.synthetic", "validation must be a fraction", "lots"]),
 }
 
 
@@ -106,7 +114,10 @@ BROKEN = {
 def test_broken_spec_is_one_line_naming_file_and_key(tmp_path, case):
     (old, new), words = BROKEN[case]
     assert old in GOOD
-    path = write(tmp_path, GOOD.replace(old, new, 1))
+    text = GOOD.replace(old, new, 1)
+    if case == "validation off under a val metric":
+        text = text.replace("name: tiny", "name: tiny\nmetric: val_accuracy")
+    path = write(tmp_path, text)
     with pytest.raises(SpecError) as err:
         load_spec(path)
     message = str(err.value)
@@ -151,3 +162,14 @@ def test_exponent_floats_are_numbers_like_yaml_1_2(tmp_path):
         defaults: {hp: {lr: 1e-3, weight_decay: 5E-4}}
     """))
     assert spec.defaults.hp == {"lr": 0.001, "weight_decay": 0.0005}
+
+
+def test_a_sweep_may_rank_on_validation_and_its_trials_hold_it_out(tmp_path):
+    """`validation` is a trial setting like any TrialConfig field (no list of its own in the spec)."""
+    text = GOOD.replace("name: tiny", "name: tiny\nmetric: val_accuracy").replace(
+        "defaults: {epochs: 2, max_train: 500}", "defaults: {epochs: 2, max_train: 500, validation: 0.1}")
+    spec, _ = load_spec(write(tmp_path, text))
+    assert spec.metric == "val_accuracy"
+    assert {t.config().validation for t in spec.trials()} == {0.1}
+    plain, _ = load_spec(write(tmp_path, GOOD, "plain.yaml"))
+    assert plain.metric == "eval_accuracy" and plain.trials()[0].config().validation is None

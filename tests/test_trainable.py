@@ -79,6 +79,12 @@ def test_hyperparameters_are_the_regimes():
     ({"hp": {"lrr": 0.1}}, "bad hyperparameters for dals: unknown hyperparameter"),
     ({"hp": {"lr": -1.0}}, "bad hyperparameters"),
     ({"seed": -1}, "seed must be"),
+    ({"validation": 0.6}, r"validation must be a fraction in \(0, 0.5\]"),
+    ({"validation": -0.1}, "validation must be a fraction"),
+    ({"validation": 1}, "validation must be a fraction"),
+    ({"validation": True}, "validation must be a fraction"),
+    ({"validation": "0.1"}, "validation must be a fraction"),
+    ({"validation": float("nan")}, "validation must be a fraction"),
 ])
 def test_bad_config_is_a_one_line_value_error(overrides, match):
     with pytest.raises(ValueError, match=match) as err:
@@ -90,6 +96,85 @@ def test_bad_config_is_a_one_line_value_error(overrides, match):
 def test_every_strategy_is_accepted_in_both_regimes(name):
     for dataset in ("synthetic", "trec6", "rte"):
         TrialConfig.create(dataset=dataset, strategy=name)
+
+
+def test_validation_zero_is_off_and_the_flag_is_a_float():
+    from sweeps.cli.main import build_parser
+
+    assert TrialConfig.create(validation=0).validation is None
+    assert TrialConfig.create(validation=0) == TrialConfig.create()
+    assert TrialConfig.create(validation=0.5).validation == 0.5
+    args = build_parser().parse_args(["train", "--validation", "0.1"])
+    assert args.validation == 0.1
+
+
+# --- the validation split ---------------------------------------------------------------------------------
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in x}
+
+
+def test_validation_split_is_stratified_seeded_and_apart_from_train_and_eval():
+    """synthetic-gmm: 6,400 train rows of 10 classes; validation 0.1 holds out 640 rows with each class's
+    share (within a row), the same rows for every trial seed, and max_train is drawn (by seed) from the
+    other 5,760."""
+    from sweeps.train.data import registry
+
+    full = registry.load("synthetic-gmm", "train")
+    evals = _rows(registry.load("synthetic-gmm", "eval").x)
+    common = dict(dataset="synthetic-gmm", strategy="adamw", epochs=1, max_train=256, max_eval=64,
+                  validation=0.1)
+    a, b = Trial(dict(common, seed=0)), Trial(dict(common, seed=1))
+    val_x, val_y = a.val
+    assert torch.equal(val_x["x"], b.val[0]["x"]) and torch.equal(val_y, b.val[1])  # same rows per seed
+    share = torch.bincount(full.y, minlength=10).double() / len(full)
+    assert len(val_y) == 640 and (torch.bincount(val_y, minlength=10) - 640 * share).abs().max() < 1
+    val = _rows(val_x["x"])
+    assert len(val) == 640 and val <= _rows(full.x) and not val & evals
+    for trial in (a, b):
+        train = _rows(trial.train_inputs["x"])
+        assert len(train) == 256 and not train & val and not train & evals
+        rest = torch.bincount(full.y, minlength=10) - torch.bincount(val_y, minlength=10)
+        assert (torch.bincount(trial.train_y, minlength=10) - 256 * rest / rest.sum()).abs().max() < 1
+    assert _rows(a.train_inputs["x"]) != _rows(b.train_inputs["x"])  # the train subset follows the seed
+    # without validation the train subset is what it always was: the seeded subset of the whole split
+    off = Trial(dict(common, validation=None, seed=0))
+    assert off.val is None and torch.equal(off.train_inputs["x"], registry.load(
+        "synthetic-gmm", "train", max_n=256, seed=0).x)
+
+
+def test_val_metrics_are_the_models_accuracy_and_loss_on_the_validation_rows():
+    trial = Trial(dict(dataset="synthetic-gmm", strategy="adamw", epochs=2, max_train=512, max_eval=64,
+                       validation=0.05))
+    m = trial.run_epoch()
+    (x,), y = trial.val[0].values(), trial.val[1]
+    with torch.no_grad():
+        logits = trial.model(x)
+    assert m["val_accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    assert m["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert m["val_accuracy"] != m["eval_accuracy"]  # another split: 320 rows against 64
+    assert "val_accuracy" not in Trial(dict(dataset="synthetic", strategy="sgd", epochs=1,
+                                            max_train=128, max_eval=64)).run_epoch()
+
+
+def test_minilm_trial_holds_out_text_rows():
+    trial = Trial(dict(dataset="trec6", strategy="adamw", epochs=1, max_train=32, max_eval=16, max_length=16,
+                       batch_size=16, validation=0.02))
+    assert len(trial.val[1]) == round(0.02 * 5452) and len(trial.train_y) == 32
+    m = trial.run_epoch()
+    assert 0.0 <= m["val_accuracy"] <= 1.0 and np.isfinite(m["val_loss"])
+
+
+def test_a_validation_split_too_small_to_hold_a_row_is_one_line():
+    from sweeps.train.data.split import Split, holdout
+
+    tiny = Split(y=torch.tensor([0, 1, 0, 1]), num_classes=2, label_names=("a", "b"), kind="tensor",
+                 x=torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="validation 0.1 of 4 train rows leaves 0 validation") as err:
+        holdout(tiny, 0.1, 0)
+    assert "\n" not in str(err.value)
+    rest, val = holdout(tiny, 0.5, 0)
+    assert sorted(val.y.tolist()) == [0, 1] and sorted(rest.y.tolist()) == [0, 1]
 
 
 # --- the loop talks to the strategy as dalsopt expects ---------------------------------------------------

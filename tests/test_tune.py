@@ -53,9 +53,11 @@ def test_tune_study_resume_mlflow_export(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "spec.yaml"
+    text = SPEC.replace("metric: eval_accuracy\n", "")  # the default: val_accuracy, validation 0.1
     try:
-        path.write_text(SPEC.replace("TRIALS", "3"))
+        path.write_text(text.replace("TRIALS", "3"))
         spec, _ = load_tune_spec(path)
+        assert spec.metric == "val_accuracy"
         [out] = run_tune(spec, path, num_cpus=2, say=lambda *a: None)
         assert (out.done_before, out.done, out.ran) == (0, 3, 3)
 
@@ -70,19 +72,19 @@ def test_tune_study_resume_mlflow_export(tmp_path, monkeypatch):
         assert all(c.data.tags[tracking.PARENT] == parent.info.run_id for c in children)
         artifacts = {a.path for a in store.client().list_artifacts(parent.info.run_id, "study")}
         assert {"study/best.json", "study/optimization_history.png"} <= artifacts
-        # the objective is the mean over the seeds of the last epoch's metric
+        # the objective is the mean over the seeds of the last epoch's validation accuracy
         for c in children:
             m = c.data.metrics
-            seeds = [m["eval_accuracy/synthetic/seed0"], m["eval_accuracy/synthetic/seed1"]]
-            assert m["eval_accuracy"] == pytest.approx(sum(seeds) / 2)
-            assert m["epoch"] == 2
+            seeds = [m["val_accuracy/synthetic/seed0"], m["val_accuracy/synthetic/seed1"]]
+            assert m["val_accuracy"] == pytest.approx(sum(seeds) / 2)
+            assert m["epoch"] == 2 and "eval_accuracy" in m  # test accuracy recorded beside it
         assert sorted(t.value for t in study.trials) == pytest.approx(
-            sorted(c.data.metrics["eval_accuracy"] for c in children))
+            sorted(c.data.metrics["val_accuracy"] for c in children))
 
         # running again adds nothing; raising trials to 4 adds exactly one
         [again] = run_tune(spec, path, num_cpus=2, say=lambda *a: None)
         assert (again.done_before, again.ran) == (3, 0)
-        path.write_text(SPEC.replace("TRIALS", "4"))
+        path.write_text(text.replace("TRIALS", "4"))
         spec4, _ = load_tune_spec(path)
         [more] = run_tune(spec4, path, num_cpus=2, say=lambda *a: None)
         assert (more.done_before, more.done, more.ran) == (3, 4, 1)
@@ -146,6 +148,56 @@ def test_shipped_tune_specs_load():
     for name in ("tune-dals-cpu", "tune-dals"):
         spec, _ = load_tune_spec(name)
         assert {s.key for s in spec.studies()} == {"scratch", "finetune"}
+        assert spec.metric == "val_accuracy"  # the test split stays unseen by the search
+        assert all(c.validation for s in spec.studies() for c in s.configs(0, {}))
+
+
+def test_tuning_holds_out_validation_by_default():
+    data = base()
+    data.pop("metric")
+    spec = parse_tune_spec(data, "x.yaml")
+    assert spec.metric == "val_accuracy"
+    [study] = spec.studies()
+    assert [c.validation for c in study.configs(0, {})] == [0.1]
+    data["datasets"] = {"synthetic": {"validation": 0.2}}
+    assert parse_tune_spec(data, "x.yaml").studies()[0].configs(0, {})[0].validation == 0.2
+    tuned_on_test = parse_tune_spec(base(), "x.yaml")  # metric: eval_accuracy, as the spec says
+    assert tuned_on_test.studies()[0].configs(0, {})[0].validation is None
+    data["datasets"] = {"synthetic": {"validation": 0}}
+    with pytest.raises(SpecError) as e:
+        parse_tune_spec(data, "x.yaml")
+    assert "metric: val_accuracy needs a validation split" in str(e.value) and "\n" not in str(e.value)
+    data["datasets"] = {"synthetic": {"validation": 0.75}}
+    with pytest.raises(SpecError) as e:
+        parse_tune_spec(data, "x.yaml")
+    assert "validation must be a fraction in (0, 0.5]" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_trials_objective_is_the_validation_mean_over_seeds(monkeypatch):
+    """What `tune_trial` reports under the study's metric (Optuna's objective) is the mean over seeds
+    of each seed's val_accuracy, compared with the same trials run here one by one."""
+    from sweeps.runner import optuna as runner
+    from sweeps.train.trial import run_trial
+
+    data = base()
+    data.pop("metric")
+    data["defaults"] = {"epochs": 2, "max_train": 256, "max_eval": 64}
+    spec = parse_tune_spec(data, "x.yaml")
+    [study] = spec.studies()
+    hp = {"lr": 0.05, "warmup_frac": 0.1}
+    fn = runner.ConfigsFn(study, (0, 1))
+    reports: list[dict] = []
+    monkeypatch.setattr(runner.tune, "report", reports.append)  # Ray's session is not what is tested
+    runner.tune_trial({"study": {"params": list(hp), "metric": spec.metric, "mode": spec.mode,
+                                 "configs_fn": fn}, **hp})
+    curves = [list(run_trial(c)) for c in fn(hp)]
+    assert [r["epoch"] for r in reports] == [1, 2]
+    for epoch, report in enumerate(reports):
+        seeds = [c[epoch]["val_accuracy"] for c in curves]
+        assert report["val_accuracy"] == pytest.approx(sum(seeds) / 2)
+        assert [report["val_accuracy/synthetic/seed0"], report["val_accuracy/synthetic/seed1"]] == seeds
+        assert report["eval_accuracy"] == pytest.approx(sum(c[epoch]["eval_accuracy"] for c in curves) / 2)
+    assert reports[-1]["status"] == "finished"
 
 
 @pytest.mark.parametrize("param, message", [

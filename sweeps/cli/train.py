@@ -16,7 +16,7 @@ METRIC_COLUMNS = (  # (key, header, width, format spec)
     ("eval_loss", "eval_loss", 9, ".4f"), ("lr_bottom", "lr_bottom", 9, ".2e"), ("lr_top", "lr_top", 9, ".2e"),
     ("seconds", "sec", 7, ".2f"),
 )
-FLAG_TYPES = {"seed": seed}  # other int fields take int, the rest str
+FLAG_TYPES = {"seed": seed}  # other int fields take int, float fields float, the rest str
 
 
 def header_row() -> str:
@@ -78,7 +78,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action="store_true", help=meta["help"])
         else:
             default = f.default if f.name in ("strategy", "dataset", "seed") else None
-            kind = FLAG_TYPES.get(f.name, int if "int" in str(f.type) else str)
+            kind = FLAG_TYPES.get(f.name, int if "int" in str(f.type) else float if "float" in str(f.type) else str)
             p.add_argument(flag, type=kind, default=default, **meta)
 
 

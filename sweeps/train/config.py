@@ -63,6 +63,9 @@ class TrialConfig:
     hp: dict[str, Any] = field(default_factory=dict, metadata=_help("strategy hyperparameters"))
     max_train: int | None = field(default=None, metadata=_help("stratified seeded subset of the train split"))
     max_eval: int | None = field(default=None, metadata=_help("stratified subset of the eval split"))
+    validation: float | None = field(default=None, metadata=_help(
+        "fraction of the train split held out for val_accuracy/val_loss (stratified, the same rows "
+        "for every seed; max_train draws from the rest); 0 or unset: off"))
     max_length: int | None = field(default=None, metadata=_help("tokens per text (truncation)"))
     model: str | None = field(default=None, metadata=_help(
         "mlp[:H1,H2..], cnn, resnet18, textcnn, bilstm, minilm, a Hugging Face id or folder"))
@@ -170,6 +173,7 @@ def _validated(cfg: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         _positive_int(cfg, key)
     for key in ("max_train", "max_eval", "max_length"):
         _positive_int(cfg, key, optional=True)
+    cfg["validation"] = _fraction(cfg["validation"])
     kind = datasets.kind_of(dataset)
     default_regime = datasets.default_regime(dataset)
     regime = cfg["regime"] or _regime_from_model(given.get("model"), kind) or default_regime
@@ -210,6 +214,16 @@ def _positive_int(cfg: dict, key: str, optional: bool = False) -> None:
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{key} must be a positive integer, got {v!r}")
+
+
+def _fraction(v: Any) -> float | None:
+    """A validation fraction in (0, 0.5] (more would leave less to train on than to check on);
+    0 and None both mean off (None, so the two configs are one)."""
+    if v is None or (v == 0 and not isinstance(v, bool)):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 0.5:
+        raise ValueError(f"validation must be a fraction in (0, 0.5] (0 = off), got {v!r}")
+    return float(v)
 
 
 def _regime_from_model(model: Any, kind: str) -> str | None:

@@ -23,12 +23,13 @@ from sweeps.train import models
 from sweeps.train.config import TrialConfig
 from sweeps.train.data import registry as datamod
 from sweeps.train.data import text
-from sweeps.train.data.split import Split
+from sweeps.train.data.split import Split, holdout, subset
 from sweeps.train.status import TrialStatus
 
 CHECKPOINT_FILE = "trial.pt"
 DIVERGENCE_CHECK_EVERY = 20  # steps between host syncs on the running loss
 EVAL_SPLIT_SEED = 0  # eval subsets are the same rows for every trial seed
+VALIDATION_SPLIT_SEED = 0  # so is the validation split carved from the train split
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -54,13 +55,15 @@ class Trial:
         self.status = TrialStatus.RUNNING
         load = dict(data_dir=cfg.data_dir, eval_file=cfg.eval_file, text_column=cfg.text_column,
                     text_column2=cfg.text_column2, label_column=cfg.label_column)
-        train = datamod.load(cfg.dataset, "train", max_n=cfg.max_train, seed=self.seed, **load)
+        train, val = train_and_validation(datamod.load(cfg.dataset, "train", **load), cfg.validation,
+                                          cfg.max_train, self.seed)
         evals = datamod.load(cfg.dataset, "eval", max_n=cfg.max_eval, seed=EVAL_SPLIT_SEED, **load)
         if len(evals) == 0 or len(train) == 0:
             raise ValueError(f"dataset {cfg.dataset!r} has an empty train or eval split")
         self.kind = train.kind
         self.num_classes = train.num_classes
-        self.train_inputs, self.train_y, self.eval_inputs, self.eval_y, extra = self._encode(train, evals)
+        (self.train_inputs, self.train_y), (self.eval_inputs, self.eval_y), self.val, extra = \
+            self._encode(train, evals, val)
         torch.manual_seed(self.seed)  # model init depends on the seed only, not on data loading
         self.model = models.build(cfg.model, kind=self.kind, regime=cfg.regime,
                                   num_classes=train.num_classes, **extra).to(self.device)
@@ -73,22 +76,29 @@ class Trial:
 
     # --- data ---------------------------------------------------------------------------------------
 
-    def _encode(self, train: Split, evals: Split):
-        """Tokenise once (text) or keep tensors; returns inputs, labels and the model's size arguments."""
+    def _encode(self, train: Split, evals: Split, val: Split | None):
+        """Tokenise once (text) or keep tensors: (inputs, labels) of train, eval and validation (None
+        when off), and the model's size arguments. A scratch vocabulary is the train rows' alone."""
         cfg = self.config
         if train.kind != "text":
             extra = {"in_features": int(train.x.shape[1])} if train.kind == "tensor" else {}
-            return {"x": train.x}, train.y, {"x": evals.x}, evals.y, extra
-        if cfg.regime == "scratch":
-            vocab = text.Vocab.build(list(train.texts) + list(train.texts2 or ()))
-            enc = lambda s: text.encode_words(s, vocab, cfg.max_length)  # noqa: E731
-            extra = {"vocab_size": len(vocab)}
+
+            def enc(s: Split) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                return {"x": s.x}, s.y
         else:
-            tok = models.load_tokenizer(cfg.model)
-            enc = lambda s: text.encode_tokenizer(s, tok, cfg.max_length)  # noqa: E731
-            extra = {}
-        tr, ev = enc(train), enc(evals)
-        return tr.inputs, tr.y, ev.inputs, ev.y, extra
+            if cfg.regime == "scratch":
+                vocab = text.Vocab.build(list(train.texts) + list(train.texts2 or ()))
+                tokens = lambda s: text.encode_words(s, vocab, cfg.max_length)  # noqa: E731
+                extra = {"vocab_size": len(vocab)}
+            else:
+                tok = models.load_tokenizer(cfg.model)
+                tokens = lambda s: text.encode_tokenizer(s, tok, cfg.max_length)  # noqa: E731
+                extra = {}
+
+            def enc(s: Split) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                encoded = tokens(s)
+                return encoded.inputs, encoded.y
+        return enc(train), enc(evals), None if val is None else enc(val), extra
 
     def _batch(self, inputs: dict[str, torch.Tensor], index: torch.Tensor, train: bool,
                gen: torch.Generator | None) -> dict[str, torch.Tensor]:
@@ -138,14 +148,19 @@ class Trial:
         train_loss = float(loss_sum) / max(seen, 1)
         train_seconds = time.perf_counter() - start
         eval_acc, eval_loss = self.evaluate()
+        val: dict[str, float] = {}  # only with a validation split
+        if self.val is not None:
+            val["val_accuracy"], val["val_loss"] = self.evaluate(*self.val)
         self.epoch += 1
-        if diverged or not math.isfinite(train_loss) or not math.isfinite(eval_loss):
+        losses = (train_loss, eval_loss, val.get("val_loss", 0.0))
+        if diverged or not all(math.isfinite(v) for v in losses):
             self.status = TrialStatus.DIVERGED
         elif self.epoch >= cfg.epochs:
             self.status = TrialStatus.FINISHED
         lr_bottom, lr_top = (float(self.strategy.optimizer.param_groups[i]["lr"]) for i in self._block_groups)
         metrics = {
             "epoch": self.epoch, "train_loss": train_loss, "eval_accuracy": eval_acc, "eval_loss": eval_loss,
+            **val,
             "lr_bottom": lr_bottom, "lr_top": lr_top, "seconds": time.perf_counter() - start,
             "examples_per_second": seen / max(train_seconds, 1e-9), "status": str(self.status),
         }
@@ -168,15 +183,18 @@ class Trial:
         return loss
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) on the eval split."""
+    def evaluate(self, inputs: dict[str, torch.Tensor] | None = None,
+                 labels: torch.Tensor | None = None) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on the eval split, or on the given rows (validation)."""
+        if inputs is None or labels is None:
+            inputs, labels = self.eval_inputs, self.eval_y
         self.model.eval()
-        n = len(self.eval_y)
+        n = len(labels)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         total = torch.zeros((), device=self.device)
         for index in torch.arange(n).split(2 * self.config.batch_size):
-            batch = self._batch(self.eval_inputs, index, False, None)
-            y = self.eval_y[index].to(self.device, non_blocking=True)
+            batch = self._batch(inputs, index, False, None)
+            y = labels[index].to(self.device, non_blocking=True)
             logits = self._logits(batch).float()
             total += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
@@ -221,6 +239,17 @@ class Trial:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         self.status = TrialStatus(state["status"])
+
+
+def train_and_validation(full: Split, validation: float | None, max_train: int | None,
+                         seed: int) -> tuple[Split, Split | None]:
+    """(the rows a trial trains on, its validation rows or None). The validation rows are carved
+    first with a fixed seed, so every trial seed checks on the same rows and never trains on them;
+    the seeded `max_train` subset is then drawn from the rest."""
+    if not validation:
+        return subset(full, max_train, seed), None
+    rest, val = holdout(full, validation, VALIDATION_SPLIT_SEED)
+    return subset(rest, max_train, seed), val
 
 
 def _bottom_top(groups: list[dict]) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from sweeps.train.data import sources
-from sweeps.train.data.split import Split, stratified_indices
+from sweeps.train.data.split import Split, subset
 
 PACKAGE_DATA = Path(__file__).resolve().parents[2] / "data"  # the shipped files: sweeps/data/
 SPLITS = ("train", "eval")
@@ -116,6 +116,4 @@ def load(
             dataset_id, split, eval_file=eval_file, text_column=text_column,
             text_column2=text_column2, label_column=label_column,
         )
-    if max_n is not None and max_n < len(data):
-        data = data.take(stratified_indices(data.y.numpy(), max_n, seed))
-    return data
+    return subset(data, max_n, seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps.train.data.split import Split, stratified_indices
+from sweeps.train.data.split import Split, holdout
 
 OFFLINE_VARS = ("DALS_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 SYNTHETIC_SEED = 2604  # the data is fixed; trial seeds vary init and order only
@@ -254,13 +254,10 @@ def user_dataset(dataset_id: str, split: str, *, eval_file: str | None, text_col
 
 def _seeded_part(full: Split, split: str) -> Split:
     """Stratified seeded train/eval split (80/20) of one table, the same for every trial seed."""
-    n_eval = max(1, round(USER_EVAL_FRACTION * len(full)))
-    if len(full) - n_eval < 2:
+    if len(full) < 3:
         raise ValueError(f"dataset has {len(full)} rows: too few to split off an eval set; pass --eval-file")
-    eval_idx = stratified_indices(full.y.numpy(), n_eval, USER_SPLIT_SEED)
-    if split == "eval":
-        return full.take(eval_idx)
-    return full.take(np.setdiff1d(np.arange(len(full)), eval_idx))
+    train, evals = holdout(full, USER_EVAL_FRACTION, USER_SPLIT_SEED)
+    return evals if split == "eval" else train
 
 
 @functools.lru_cache(maxsize=8)

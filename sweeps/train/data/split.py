@@ -1,5 +1,5 @@
-"""The raw-data record every loader returns, and seeded stratified subsets of it (kept apart so
-loaders and the registry can share them)."""
+"""The raw-data record every loader returns, seeded stratified subsets of it, and the validation
+carve (kept apart so loaders, the registry and the trial can share them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -55,3 +55,26 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(picked))
+
+
+def subset(split: Split, n: int | None, seed: int) -> Split:
+    """A stratified seeded subset of ``n`` rows (all of them when ``n`` is None or not smaller)."""
+    if n is None or n >= len(split):
+        return split
+    return split.take(stratified_indices(split.y.numpy(), n, seed))
+
+
+def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(the rest, a stratified ``fraction`` of the rows): a validation split carved from a train split.
+
+    Why: tuning on the eval (test) split makes the tuned numbers optimistic. ``seed`` is fixed by the
+    caller (not the trial's seed), so every trial seed holds out the same rows.
+    """
+    total = len(split)
+    n = round(fraction * total)
+    if not 1 <= n < total:
+        raise ValueError(f"validation {fraction:g} of {total} train rows leaves {n} validation and "
+                         f"{total - n} train rows; both need at least one")
+    val = stratified_indices(split.y.numpy(), n, seed)
+    rest = np.setdiff1d(np.arange(total), val, assume_unique=True)
+    return split.take(rest), split.take(val)
