@@ -7,6 +7,14 @@ head and one extra Ray worker node, all on 127.0.0.1 and free ports, all under o
     python scripts/local_cluster.py stop  [--dir DIR]
     python scripts/local_cluster.py stop-worker [--dir DIR] [--graceful]   # lose the worker node only
 
+Ray runs with token authentication (`RAY_AUTH_MODE=token`): `start` writes a fresh token for this
+cluster to DIR/ray-auth-token (mode 0600) and every node, job and client reads it from there
+(`RAY_AUTH_TOKEN_PATH`; `env` prints both), so nobody else on the machine can submit jobs or talk
+to the GCS. What Ray lets be bound to 127.0.0.1 is: the dashboard and Jobs API, MLflow and
+PostgreSQL. Ray resolves a node's `--node-ip-address 127.0.0.1` to the machine's address, and its
+GCS, raylet, agents and Ray Client server listen there (behind the token); the Prometheus metrics
+endpoint, which would listen on every interface without a token, is off.
+
 Why not `ray start`/`ray stop` as usual: `ray stop` kills every Ray on the machine, and two raylets
 on one machine must not share ports or a temp dir. So every service runs in the foreground
 (`ray start --block`, `postgres`, `mlflow server`) as a child in its own process group, the groups
@@ -38,6 +46,7 @@ HEAD_RESOURCE = "dals_head"  # custom resources: tests tell the two nodes apart 
 WORKER_RESOURCE = "dals_worker"
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 STOP_GRACE_S = 10.0
+TOKEN_FILE = "ray-auth-token"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -85,13 +94,30 @@ def venv_bin(name: str) -> str:
     return found
 
 
-def service_env() -> dict[str, str]:
+def auth_env(root: Path) -> dict[str, str]:
+    """How Ray's nodes, jobs and clients find this cluster's token: the file, never the token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(root / TOKEN_FILE)}
+
+
+def write_token(root: Path) -> None:
+    """A new random token for this cluster, readable by its owner only."""
+    import secrets
+
+    path = root / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+
+
+def service_env(root: Path) -> dict[str, str]:
     """The services' environment: this venv first on PATH (Ray jobs run `python`), no inherited
-    Ray address, and Ray token auth off (127.0.0.1 only; a stray ~/.ray/auth_token would
-    otherwise switch the head to token mode and lock the worker node out)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    Ray address or token (RAY_AUTH_TOKEN would win over this cluster's file), this cluster's
+    token auth, and Ray's metrics exporter off (it listens on every interface)."""
+    drop = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(auth_env(root), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+               RAY_enable_metrics_collection="0")
     return env
 
 
@@ -115,7 +141,7 @@ def launch(root: Path, state: dict[str, Any], name: str, cmd: list[str], *, stop
     log = root / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**service_env(), **(env or {})}, user=user,
+                                start_new_session=True, env={**service_env(root), **(env or {})}, user=user,
                                 cwd=root)
     state["services"][name] = {"pid": proc.pid, "stop_signal": stop_signal, "log": str(log)}
     save_state(root, state)
@@ -213,9 +239,13 @@ def start_mlflow(root: Path, state: dict[str, Any]):
 # ----------------------------------------------------------------------------- Ray
 
 
-def alive_nodes(dashboard: str) -> int:
+def alive_nodes(root: Path, dashboard: str) -> int:
+    """Alive nodes, as the dashboard (which wants the cluster's token) lists them."""
+    token = (root / TOKEN_FILE).read_text().strip()
+    request = urllib.request.Request(f"{dashboard}/api/v0/nodes?limit=100",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=100", timeout=3) as r:
+        with urllib.request.urlopen(request, timeout=3) as r:
             nodes = json.load(r)["data"]["result"]["result"]
     except (OSError, KeyError, ValueError):
         return 0
@@ -237,7 +267,7 @@ def start_ray(root: Path, state: dict[str, Any], head_cpus: int, worker_cpus: in
         "--dashboard-agent-listen-port", str(free_port()), "--num-cpus", str(head_cpus),
         "--resources", json.dumps({HEAD_RESOURCE: 1}), "--temp-dir", str(temp), *common,
     ])
-    wait_for("Ray head", lambda: alive_nodes(dashboard) >= 1, 90, head, root / "ray-head.log")
+    wait_for("Ray head", lambda: alive_nodes(root, dashboard) >= 1, 90, head, root / "ray-head.log")
     state.update(ray_address=f"127.0.0.1:{gcs}", dashboard=dashboard, ray_temp_dir=str(temp))
     save_state(root, state)
     worker = launch(root, state, "ray-worker", [
@@ -247,7 +277,7 @@ def start_ray(root: Path, state: dict[str, Any], head_cpus: int, worker_cpus: in
         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
         "--temp-dir", str(root / "ray-worker"), *common,  # its own: runtime envs are per-node dirs
     ])
-    wait_for("Ray worker node", lambda: alive_nodes(dashboard) >= 2, 90, worker, root / "ray-worker.log")
+    wait_for("Ray worker node", lambda: alive_nodes(root, dashboard) >= 2, 90, worker, root / "ray-worker.log")
     state.update(head_resource=HEAD_RESOURCE, worker_resource=WORKER_RESOURCE)
     save_state(root, state)
 
@@ -266,6 +296,8 @@ def start(root: Path, head_cpus: int, worker_cpus: int, with_ray: bool = True) -
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # the postgres user must reach its data dir below
     state = load_state(root)
+    write_token(root)
+    state.update(auth_env(root))
     save_state(root, state)
     try:
         start_postgres(root, state)
@@ -400,7 +432,8 @@ def stop_worker(root: Path, graceful: bool = False) -> int:
 def env_lines(state: dict[str, Any]) -> list[str]:
     """Shell exports for the running cluster (the names `dals` and MLflow/Ray clients read)."""
     pairs = {"RAY_API_SERVER_ADDRESS": state.get("dashboard"), "MLFLOW_TRACKING_URI": state.get("mlflow"),
-             "DALS_OPTUNA_STORAGE": state.get("optuna_storage"), "RAY_AUTH_MODE": "disabled"}
+             "DALS_OPTUNA_STORAGE": state.get("optuna_storage"), "RAY_AUTH_MODE": state.get("RAY_AUTH_MODE"),
+             "RAY_AUTH_TOKEN_PATH": state.get("RAY_AUTH_TOKEN_PATH")}
     return [f"export {k}={v}" for k, v in pairs.items() if v]
 
 

@@ -65,24 +65,61 @@ def test_submission_ids_number_reruns_and_refuse_a_running_spec():
 
 
 def test_runtime_env_uploads_the_checkout_without_environments_or_run_state():
-    env = jobs.runtime_env("name: x\n", {"A": "1"})
+    env = jobs.runtime_env({"A": "1"})
     assert env["working_dir"] == str(jobs.repo_root())
     assert {".venv", ".git", "/mlruns", "/dals-runs", "/results"} <= set(env["excludes"])
-    assert env["env_vars"] == {"A": "1", jobs.SPEC_ENV: "name: x\n"}
+    assert env["env_vars"] == {"A": "1"}  # the spec no longer travels in the job's environment
 
 
-def test_the_job_runs_the_carried_spec(monkeypatch):
+@pytest.mark.parametrize("name, value, words", [
+    ("AWS_SECRET_ACCESS_KEY", "x", ["--env", "AWS_SECRET_ACCESS_KEY", "looks like a credential"]),
+    ("MLFLOW_TRACKING_PASSWORD", "x", ["MLFLOW_TRACKING_PASSWORD"]),
+    ("RAY_AUTH_TOKEN", "x", ["RAY_AUTH_TOKEN"]),
+    ("MLFLOW_TRACKING_URI", "http://u:pw@mlflow:5000", ["--env MLFLOW_TRACKING_URI", "a password"]),
+])
+def test_a_credential_in_the_job_environment_is_refused(name, value, words):
+    with pytest.raises(ValueError) as err:
+        jobs.runtime_env({name: value})
+    message = str(err.value)
+    assert "\n" not in message and all(w in message for w in words) and "pw" not in message.split(";")[0]
+
+
+def test_the_spec_travels_as_a_file_in_the_working_dir(tmp_path):
+    """Ray zips the working dir while `submit_job` runs: the spec is there then, gone after."""
+    spec = tmp_path / "elsewhere" / "my spec.yaml"
+    spec.parent.mkdir()
+    spec.write_text("name: carried\n")
+    root = tmp_path / "checkout"
+    root.mkdir()
+    with jobs.carried_spec(root, "dals-sweep-carried-0123abcd-2", spec) as carried:
+        assert carried == f"{jobs.SPEC_DIR}/dals-sweep-carried-0123abcd-2/my spec.yaml"
+        assert (root / carried).read_text() == "name: carried\n"
+    assert list(root.iterdir()) == []  # nothing left in the checkout
+    assert jobs.entrypoint("sweep", carried, ["--fresh"]) == \
+        f"python -m sweeps.cli.main job sweep '{carried}' --fresh"
+
+
+def test_the_job_runs_the_carried_spec(monkeypatch, tmp_path):
     seen = {}
     from sweeps.cli import main as cli
 
     monkeypatch.setattr(cli, "main", lambda argv: seen.setdefault("argv", argv) and 0)
-    monkeypatch.setenv(jobs.SPEC_ENV, "name: carried\n")
-    assert cli.job_main(["sweep", "my spec.yaml", "--fresh"]) == 0
-    kind, action, path, *rest = seen["argv"]
-    assert (kind, action, rest) == ("sweep", "run", ["--fresh"])
-    assert path.endswith("/my spec.yaml") and open(path).read() == "name: carried\n"
-    assert jobs.entrypoint("sweep", __import__("pathlib").Path("/x/my spec.yaml"), ["--fresh"]) == \
-        "python -m sweeps.cli.main job sweep 'my spec.yaml' --fresh"
+    monkeypatch.chdir(tmp_path)  # the job's working dir
+    carried = tmp_path / jobs.SPEC_DIR / "sid" / "my spec.yaml"
+    carried.parent.mkdir(parents=True)
+    carried.write_text("name: carried\n")
+    relative = str(carried.relative_to(tmp_path))
+    assert cli.job_main(["sweep", relative, "--fresh"]) == 0
+    assert seen["argv"] == ["sweep", "run", relative, "--fresh"]
+
+
+def test_a_job_without_its_spec_is_one_line(monkeypatch, tmp_path, capsys):
+    from sweeps.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.job_main(["sweep", ".dals-job/x/missing.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.yaml: no such spec in the job's working dir" in err
 
 
 def test_commands_attach_to_dals_sweep():

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from sweeps.cli import jobs, sweep, train, tune, ui
-from sweeps.cli.args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Parser, one_line
-from sweeps.cluster.jobs import JOB_COMMAND, SPEC_ENV
+from sweeps.cli.args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Parser, one_line, version
+from sweeps.cluster.jobs import JOB_COMMAND
 
 COMMANDS = (train.register, sweep.register_sweep, sweep.register_report, ui.register, tune.register,
             jobs.register)
@@ -22,6 +21,8 @@ COMMANDS = (train.register, sweep.register_sweep, sweep.register_report, ui.regi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dals", description="Learning-rate strategies, trials and sweeps.")
+    parser.add_argument("--version", action="version", version=version(),
+                        help="print the versions of dals and its main libraries, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(sub)
@@ -45,16 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def job_main(argv: list[str]) -> int:
-    """On the cluster (`python -m sweeps.cli.main job KIND NAME ...`): write the spec the job carries
-    to a file and run `dals KIND run FILE ...`."""
-    kind, name, *rest = argv
-    text = os.environ.get(SPEC_ENV)
-    if text is None:
-        print(f"dals job: ${SPEC_ENV} is not set (this entry point runs inside a submitted job)", file=sys.stderr)
+    """On the cluster (`python -m sweeps.cli.main job KIND SPEC ...`): run `dals KIND run SPEC ...`
+    on the spec file the job carries in its working dir (`sweeps.cluster.jobs.carried_spec`)."""
+    kind, spec, *rest = argv
+    if not Path(spec).is_file():
+        print(f"dals job: {spec}: no such spec in the job's working dir {os.getcwd()} (this entry point "
+              "runs inside a job that `dals sweep|tune submit` made)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    spec_file = Path(tempfile.mkdtemp(prefix="dals-job-")) / name
-    spec_file.write_text(text)
-    return main([kind, "run", str(spec_file), *rest])
+    return main([kind, "run", spec, *rest])
 
 
 if __name__ == "__main__":

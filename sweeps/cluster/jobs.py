@@ -1,22 +1,29 @@
 """Sweeps and tuning studies as Ray Jobs on a cluster (the commands are `sweeps.cli.jobs`).
 
 A submitted job carries this checkout as its working dir (so the cluster runs exactly this code, on
-top of the packages its image has installed) and the spec's text in an environment variable (so a
-spec file may live anywhere); on the head node it runs `dals sweep run` / `dals tune run`
-(`sweeps.cli.main.job_main`), which reaches the cluster through the RAY_ADDRESS the job gets. Submission ids are the spec's name and hash
-plus a run number, and a spec with a job still pending or running is refused: a second copy would
-fight the first over the same experiment folder and MLflow runs.
+top of the packages its image has installed) and the spec as a file inside it (`carried_spec`, so a
+spec file may live anywhere; not in the job's environment, which Ray's Jobs API shows to anyone who
+can list jobs); on the head node it runs `dals sweep run` / `dals tune run` on that file
+(`sweeps.cli.main.job_main`), which reaches the cluster through the RAY_ADDRESS the job gets.
+Credentials never travel with a job: the nodes have their own (instance profile, a Kubernetes
+secret, the nodes' environment), and an `--env` that looks like one is refused. Submission ids are
+the spec's name and hash plus a run number, and a spec with a job still pending or running is
+refused: a second copy would fight the first over the same experiment folder and MLflow runs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.cluster.address import check_address
 from sweeps.cluster.shared_storage import check_storage_for_address, check_tracking_for_address
+from sweeps.spec.credentials import refuse_credentials, refuse_secret_env
 from sweeps.spec.sweep import Spec, load_spec
 from sweeps.spec.tune import load_tune_spec
 
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
 KINDS = ("sweep", "tune")
-SPEC_ENV = "DALS_JOB_SPEC"  # the spec's YAML text, carried to the cluster with the job
+SPEC_DIR = ".dals-job"  # in the working dir, while it is uploaded: <submission id>/<spec file>
 JOB_COMMAND = "job"  # `python -m sweeps.cli.main job KIND SPEC_NAME ...`: the job's side
 ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -80,15 +87,35 @@ def base_id(kind: str, spec: Spec) -> str:
     return f"dals-{kind}-{spec.name}-{spec.digest[:8]}"
 
 
-def runtime_env(spec_text: str, env: dict[str, str]) -> dict[str, Any]:
-    return {"working_dir": str(repo_root()), "excludes": EXCLUDES,
-            "env_vars": {**env, SPEC_ENV: spec_text}}
+def runtime_env(env: dict[str, str]) -> dict[str, Any]:
+    """The job's runtime env: this checkout (the carried spec in it) and the `--env` variables,
+    none of which may be a credential (the Jobs API lists a job's environment)."""
+    for name, value in env.items():
+        refuse_secret_env(name, "--env")
+        refuse_credentials(value, f"--env {name}")
+    return {"working_dir": str(repo_root()), "excludes": EXCLUDES, "env_vars": dict(env)}
 
 
-def entrypoint(kind: str, spec_file: Path, run_args: list[str]) -> str:
+@contextlib.contextmanager
+def carried_spec(root: Path, submission_id: str, spec_file: Path) -> Iterator[str]:
+    """A copy of the spec inside the working dir `root` while the job is submitted (Ray zips and
+    uploads the working dir in `submit_job`); yields its path relative to `root`, removes it after."""
+    folder = root / SPEC_DIR / submission_id
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        (folder / spec_file.name).write_text(spec_file.read_text())
+        yield (Path(SPEC_DIR) / submission_id / spec_file.name).as_posix()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (root / SPEC_DIR).rmdir()  # only when no other submission is under way
+
+
+def entrypoint(kind: str, spec_path: str, run_args: list[str]) -> str:
     """The shell command the job runs on the head node, in the uploaded working dir, with the
-    `python` of the cluster's environment (the image's; the local cluster's .venv)."""
-    return shlex.join(["python", "-m", "sweeps.cli.main", JOB_COMMAND, kind, spec_file.name, *run_args])
+    `python` of the cluster's environment (the image's; the local cluster's .venv): the carried
+    spec's path is relative to the working dir."""
+    return shlex.join(["python", "-m", "sweeps.cli.main", JOB_COMMAND, kind, spec_path, *run_args])
 
 
 def _same_spec(jobs: list[JobDetails], base: str) -> list[JobDetails]:
@@ -129,14 +156,15 @@ def submit(kind: str, spec_ref: str, address: str | None, *, shared: list[str] =
     check_storage_for_address(spec.storage, url, shared, multi_host=multi)
     if spec.tracking.enabled:
         check_tracking_for_address(spec.tracking.uri, url, multi_host=multi)
+    renv = runtime_env(env or {})  # a credential in --env is refused before anything is sent
     base = base_id(kind, spec)
     sid = next_submission_id(jobs.list_jobs(), base)
     try:
-        return jobs.submit_job(
-            entrypoint=entrypoint(kind, path, list(run_args)), submission_id=sid,
-            runtime_env=runtime_env(path.read_text(), env or {}),
-            metadata={META_KIND: kind, META_SPEC: spec.name, META_HASH: spec.digest},
-        )
+        with carried_spec(repo_root(), sid, path) as carried:
+            return jobs.submit_job(
+                entrypoint=entrypoint(kind, carried, list(run_args)), submission_id=sid,
+                runtime_env=renv, metadata={META_KIND: kind, META_SPEC: spec.name, META_HASH: spec.digest},
+            )
     except RuntimeError as exc:
         if "already exists" in str(exc):  # a concurrent submit of the same spec won the race
             raise ValueError(f"{sid} was just submitted by someone else; see `dals jobs status {sid}`") from None

@@ -58,12 +58,12 @@ class TrialFolder:
     path: str
 
     @classmethod
-    def current(cls) -> TrialFolder:
-        """The folder of the trial this Ray worker runs."""
+    def current(cls) -> TrialFolder | None:
+        """The folder of the trial this Ray worker runs (None outside a Ray Tune session)."""
         from ray import tune
 
         storage = tune.get_context().get_storage()
-        return cls(storage.storage_filesystem, storage.trial_fs_path)
+        return None if storage is None else cls(storage.storage_filesystem, storage.trial_fs_path)
 
     @classmethod
     def of(cls, trial: Any) -> TrialFolder | None:

@@ -11,25 +11,29 @@ the parent gets the best params, the optimisation history and the parameter impo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import tempfile
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps.experiment import resume
+from sweeps.experiment.storage import delete_dir, filesystem, join
 from sweeps.redact import redact
 from sweeps.runner.progress import ProgressCallback
 from sweeps.runner.ray_setup import init_ray, scheduler
+from sweeps.runner.seeds import SeedGroup
 from sweeps.runner.studies import (
-    ATTR_SWEEP, OPTUNA_TRIAL, done_count, open_study, optuna_storage, recover_study, sampler,
+    ATTR_CONTINUES, ATTR_SWEEP, CONTINUES, OPTUNA_TRIAL, done_count, open_study, optuna_storage,
+    recover_study, sampler,
 )
 from sweeps.spec.tune import Study, TuneSpec
 from sweeps.tracking import outbox
@@ -47,41 +51,89 @@ def seed_mean(values: list[float]) -> float:
 
 
 def tune_trial(config: dict[str, Any]) -> None:
-    """Ray function trainable: every (dataset, seed) `Trial` one epoch at a time; reports the mean."""
+    """Ray function trainable: every (dataset, seed) `Trial` one epoch at a time; reports the mean.
+
+    All seeds are checkpointed together every epoch (`SeedGroup`): a trial Ray restores, or the
+    trial queued again in place of one a killed run left (config `continues`: the earlier trials,
+    whose folders hold its checkpoints), resumes from the newest checkpoint and reports the epochs
+    it had again instead of training them (`resume.resume`).
+    """
     study = config["study"]
     hp = {k: config[k] for k in study["params"]}
     trials = [Trial(c) for c in study["configs_fn"](hp)]
+    group = SeedGroup(trials, functools.partial(epoch_report, study, trials))
+    folder = resume.TrialFolder.current()  # None outside a Ray session (a test calling it directly)
+    if folder is not None:
+        earlier = [folder.sibling(study_trial_dir(study["name"], n)) for n in config.get(CONTINUES, [])]
+        for report in resume.resume(group, folder, tune.get_checkpoint() is not None, earlier):
+            tune.report(dict(report))
+    while not group.done:
+        report = group.run_epoch()
+        if folder is None:
+            tune.report(report)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            resume.save_checkpoint(group, tmp)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def epoch_report(study: dict[str, Any], trials: list[Trial], epoch: int,
+                 last: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a tuning trial reports for `epoch`, from each seed's metrics of it (`last`: an ended
+    seed's last ones): the mean over seeds of each metric, each seed's objective, how many
+    diverged, the seconds the seeds trained it (a replayed epoch keeps its own), the status."""
     metric = study["metric"]
-    last: list[dict[str, Any] | None] = [None] * len(trials)
-    epoch = 0
-    while not all(t.done for t in trials):
-        epoch += 1
-        for i, t in enumerate(trials):
-            if not t.done:
-                last[i] = t.run_epoch()
-        report: dict[str, Any] = {"epoch": epoch}
-        for key in ("eval_accuracy", "eval_loss", "train_loss"):
-            values = [float(m[key]) for m in last]
-            report[key] = seed_mean(values)
-            if key == metric:
-                for t, v in zip(trials, values):
-                    report[f"{key}/{t.config.dataset}/seed{t.seed}"] = v
-        if not math.isfinite(report[metric]):  # a diverged seed: the worst value, not NaN
-            report[metric] = -1e9 if study["mode"] == "max" else 1e9
-        report["diverged"] = sum(t.status == TrialStatus.DIVERGED for t in trials)
-        report["status"] = str(TrialStatus.FINISHED if all(t.done for t in trials) else TrialStatus.RUNNING)
-        tune.report(report)
+    report: dict[str, Any] = {"epoch": epoch}
+    for key in ("eval_accuracy", "eval_loss", "train_loss"):
+        values = [float(m[key]) for m in last]
+        report[key] = seed_mean(values)
+        if key == metric:
+            for t, v in zip(trials, values):
+                report[f"{key}/{t.config.dataset}/seed{t.seed}"] = v
+    if not math.isfinite(report[metric]):  # a diverged seed: the worst value, not NaN
+        report[metric] = -1e9 if study["mode"] == "max" else 1e9
+    report["diverged"] = sum(m["status"] == TrialStatus.DIVERGED for m in last)
+    report["seconds"] = sum(float(m.get("seconds", 0.0)) for m in last if int(m["epoch"]) == epoch)
+    ended = all(m["status"] != TrialStatus.RUNNING for m in last)
+    report["status"] = str(TrialStatus.FINISHED if ended else TrialStatus.RUNNING)
+    return report
+
+
+def study_trial_dir(study_name: str, number: Any) -> str:
+    """A tuning trial's folder in the study's experiment folder: by its Optuna number."""
+    return f"{study_name}-{number}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """A Ray tuning trial's folder (module level so Ray can pickle it)."""
+    return study_trial_dir(trial.config["study"]["name"], trial.config.get(OPTUNA_TRIAL, trial.trial_id))
+
+
+class DropEndedCheckpoints(Callback):
+    """A tuning trial that ended (finished, pruned) is never resumed: its checkpoints, and those
+    of the earlier trials it continued, are deleted (their folders stay, emptied)."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        folder = resume.TrialFolder.of(trial)
+        if folder is None:
+            return
+        study = trial.config["study"]["name"]
+        for f in [folder, *(folder.sibling(study_trial_dir(study, n)) for n in trial.config.get(CONTINUES, []))]:
+            f.empty_checkpoints()
 
 
 class NumberedOptunaSearch(OptunaSearch):
     """OptunaSearch that puts each trial's Optuna number in its config (`optuna_trial`): MLflow
-    runs and progress lines name the study's trial, and a killed run's MLflow runs can be matched
-    with the study's trials."""
+    runs, progress lines and trial folders name the study's trial, and a killed run's MLflow runs
+    can be matched with the study's trials. A trial queued again after a killed run also gets the
+    numbers of the trials it continues (`continues`), whose folders hold its checkpoints."""
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params = super().suggest(trial_id)
         if isinstance(params, dict) and trial_id in self._ot_trials:
-            params[OPTUNA_TRIAL] = self._ot_trials[trial_id].number
+            ot_trial = self._ot_trials[trial_id]
+            params[OPTUNA_TRIAL] = ot_trial.number
+            params[CONTINUES] = list(ot_trial.user_attrs.get(ATTR_CONTINUES, []))
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -216,6 +268,9 @@ def run_study(spec: TuneSpec, spec_file: Path, study: Study, *, fresh: bool = Fa
               say=print) -> StudyOutcome:
     storage = optuna_storage(spec.optuna_storage_url())
     ot = open_study(spec, study, storage, fresh)
+    if fresh:
+        delete_dir(join(spec.storage_path(), study.name))
+    fs, storage_path = filesystem(spec.storage_path())
     sweep_id = ot.user_attrs[ATTR_SWEEP]
     before = done_count(ot)
     remaining = max(spec.tune.trials - before, 0)
@@ -245,6 +300,7 @@ def run_study(spec: TuneSpec, spec_file: Path, study: Study, *, fresh: bool = Fa
         callbacks.append(TuneMlflowCallback(store, sweep_id, study.name, labels, list(spec.tune.space)))
     if remaining:
         callbacks.insert(0, ProgressCallback(study.name, remaining, spec.metric, spec.mode))
+        callbacks.append(DropEndedCheckpoints())
         seeds = tuple(range(spec.tune.seeds))
         searcher = NumberedOptunaSearch(
             space={k: p.distribution() for k, p in spec.tune.space.items()},
@@ -256,14 +312,16 @@ def run_study(spec: TuneSpec, spec_file: Path, study: Study, *, fresh: bool = Fa
         tuner = tune.Tuner(
             trainable,
             param_space={"study": {"params": list(spec.tune.space), "metric": spec.metric,
-                                   "mode": spec.mode, "configs_fn": ConfigsFn(study, seeds)}},
+                                   "mode": spec.mode, "configs_fn": ConfigsFn(study, seeds),
+                                   "name": study.name}},
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher,
                                         scheduler=scheduler(spec.tune.pruning, max_epochs),
-                                        num_samples=remaining),
+                                        num_samples=remaining, trial_dirname_creator=trial_dirname),
+            # one experiment folder per study, <storage>/<study>, continued by every run (the
+            # study in Optuna's storage says which trials are left; Ray's state starts afresh)
             run_config=tune.RunConfig(
-                name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}",
-                storage_path=spec.storage_path(), verbose=0, callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                name=study.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
+                callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
         tuner.fit()
         if store is not None:

@@ -15,13 +15,17 @@ from pathlib import Path
 import dalsopt
 from dalsopt import presets
 
+from sweeps.redact import redact
 from sweeps.spec.common import SpecError
+from sweeps.spec.credentials import refuse_credentials
 from sweeps.spec.tune import Study, TuneSpec
 
 ATTR_SWEEP = "dals.sweep_id"
 ATTR_SPEC = "dals.spec"
 ATTR_RETRY_OF = "dals.retry_of"  # on a re-queued trial: the number of the one a killed driver left
+ATTR_CONTINUES = "dals.continues"  # on a re-queued trial: that one and those it continued, newest first
 OPTUNA_TRIAL = "optuna_trial"  # config key: the Optuna trial number of a Ray trial
+CONTINUES = "continues"  # config key: ATTR_CONTINUES (whose trial folders hold its checkpoints)
 
 
 
@@ -29,10 +33,12 @@ OPTUNA_TRIAL = "optuna_trial"  # config key: the Optuna trial number of a Ray tr
 
 
 def optuna_storage(url: str):
-    """An RDB URL -> RDBStorage; a path -> JournalStorage on a journal file (multi-process safe)."""
+    """An RDB URL -> RDBStorage; a path -> JournalStorage on a journal file (multi-process safe).
+    A URL holding a password is refused: PGPASSWORD (or ~/.pgpass) carries it."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
+    refuse_credentials(url, "Optuna storage")
     if "://" in url:
         return optuna.storages.RDBStorage(url)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +77,9 @@ def open_study(spec: TuneSpec, study: Study, storage, fresh: bool):
 def recover_study(ot, remaining: int, space: list[str]) -> tuple[list[int], list[int]]:
     """Trials a killed driver left RUNNING (one driver runs a study at a time): marked FAIL, and up
     to `remaining` of those whose params were all drawn queued again with them, so the study still
-    evaluates what its sampler chose and counts only finished trials. Returns the numbers of the
-    stale trials and of those queued again."""
+    evaluates what its sampler chose and counts only finished trials; a queued trial continues
+    from the killed one's newest checkpoint (`ATTR_CONTINUES`). Returns the numbers of the stale
+    trials and of those queued again."""
     from optuna.trial import TrialState
 
     stale = ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -81,8 +88,9 @@ def recover_study(ot, remaining: int, space: list[str]) -> tuple[list[int], list
         ot.tell(t.number, state=TrialState.FAIL)
     drawn = [t for t in stale if set(t.params) == set(space)]  # killed before its params: none
     again = drawn[:max(remaining - waiting, 0)]
-    for t in again:
-        ot.enqueue_trial(t.params, user_attrs={ATTR_RETRY_OF: t.number})
+    for t in again:  # the new trial resumes from the newest checkpoint in these trials' folders
+        chain = [t.number, *t.user_attrs.get(ATTR_CONTINUES, [])]
+        ot.enqueue_trial(t.params, user_attrs={ATTR_RETRY_OF: t.number, ATTR_CONTINUES: chain})
     return [t.number for t in stale], [t.number for t in again]
 
 
@@ -102,9 +110,20 @@ def sampler(spec: TuneSpec, trials_so_far: int = 0):
 # ----------------------------------------------------------------------------- export
 
 
+def shown_storage(url: str) -> str:
+    """An Optuna storage as a preset records it: a journal file or SQLite database by its file
+    name (a path on this machine means nothing elsewhere), an RDB URL without any password."""
+    if "://" not in url:
+        return Path(url).name
+    if url.startswith("sqlite:///"):
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).name}"
+    return redact(url)
+
+
 def export_preset(study_name: str, storage_url: str, preset: str | None = None) -> Path:
     """The study's best params as `dalsopt/presets/<strategy>@<preset>.json` (preset default: the
-    study's regime or dataset); the file holds every hyperparameter of the study's regime."""
+    study's regime or dataset); the file holds every hyperparameter of the study's regime, and
+    where it came from (`shown_storage`: never a password or a path of this machine)."""
     import optuna
 
     storage = optuna_storage(storage_url)
@@ -112,7 +131,7 @@ def export_preset(study_name: str, storage_url: str, preset: str | None = None) 
         ot = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise SpecError(f"no study {study_name!r} in {storage_url}; studies: {names}") from None
+        raise SpecError(f"no study {study_name!r} in {redact(storage_url)}; studies: {names}") from None
     info = ot.user_attrs.get(ATTR_SPEC, {})
     strategy = info.get("strategy")
     if not strategy:
@@ -125,7 +144,7 @@ def export_preset(study_name: str, storage_url: str, preset: str | None = None) 
     fixed = next(iter(info.get("fixed_hp", {}).values()), {})
     hyperparameters = dalsopt.resolve(strategy, info.get("regime", "scratch"), **{**fixed, **best.params})
     data = {"strategy": strategy, "preset": preset, "hyperparameters": hyperparameters,
-            "source": {"study": study_name, "storage": storage_url, "spec": info.get("spec"),
+            "source": {"study": study_name, "storage": shown_storage(storage_url), "spec": info.get("spec"),
                        "regime": info.get("regime"), "datasets": info.get("datasets"),
                        "metric": info.get("metric"), "best_value": best.value,
                        "best_trial": best.number, "tuned": sorted(best.params),
