@@ -208,7 +208,9 @@ def result_rows(folder: Path) -> dict[str, list[dict]]:
 
 
 def test_lost_worker_node_moves_its_trial_to_the_head(cluster, tmp_path):
-    """Kill the worker node (SIGKILL, as a machine dies) while a trial trains on it: Tune's
+    """Kill the worker node (SIGKILL, as a machine dies) while a trial trains on it (wide MLPs keep
+    the trials training long after Ray's result files reach the storage folder, however busy the
+    machine is and however rarely Tune syncs them): Tune's
     FailureConfig (the spec's failure.max_retries, 1 by default) restores that trial from its last
     checkpoint on the head, every trial ends exactly once, and MLflow holds one child run per trial
     with each epoch logged once."""
@@ -219,7 +221,7 @@ def test_lost_worker_node_moves_its_trial_to_the_head(cluster, tmp_path):
     spec.write_text(textwrap.dedent(f"""
         name: node-loss
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
-        defaults: {{epochs: {epochs}, max_train: 2000, max_eval: 300}}
+        defaults: {{epochs: {epochs}, max_train: 2000, max_eval: 300, model: "mlp:1024,1024,1024"}}
         resources: {{cpu: 1}}
         tracking: {{uri: "{cluster['mlflow']}", experiment: node-loss}}
         storage: {tmp_path / 'runs'}
