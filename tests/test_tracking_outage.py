@@ -93,7 +93,7 @@ def metric_gaps(store: tracking.Store, children, epochs: dict[str, dict[int, dic
     runs = {c.data.tags[tracking.TAG_KEY]: c for c in children}
     for key, rows in epochs.items():
         expected = {(name, step): value for step, row in rows.items()
-                    for name, value in {**tracking.epoch_metrics(row), "epoch": float(step)}.items()}
+                    for name, value in tracking.epoch_metrics(row).items()}
         logged: dict[tuple[str, int], list[float]] = {}
         if key in runs:
             for name in {n for n, _ in expected}:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from typing import Any, NoReturn, Sequence
 
 from sweeps.redact import redact
@@ -62,6 +63,32 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {value}")
     return value
+
+
+def shipped_specs(kind: str) -> list[str]:
+    """The shipped specs (sweeps/specs) of one kind, by name: "tune" (a `tune:` section) or
+    "sweep" (the others); read from the files' text, so building the parser stays instant."""
+    from sweeps.spec.loader import SPECS_DIR
+
+    def is_tune(path) -> bool:
+        return re.search(r"^tune:", path.read_text(errors="replace"), re.MULTILINE) is not None
+
+    return sorted(p.stem for p in SPECS_DIR.glob("*.yaml") if is_tune(p) == (kind == "tune"))
+
+
+def version() -> str:
+    """`dals 0.1.0 (torch 2.14.1, ray 2.60.0, ...)`: this package's version and its main libraries'
+    (from their installed metadata: nothing is imported)."""
+    from importlib import metadata
+
+    def of(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = ", ".join(f"{n} {of(n)}" for n in ("torch", "ray", "optuna", "mlflow"))
+    return f"dals {of('dalsopt')} ({libs})"
 
 
 def finite(value: Any) -> Any:

@@ -39,6 +39,7 @@ from sweeps.spec.tune import Study, TuneSpec
 from sweeps.tracking import outbox
 from sweeps.tracking.callback import MlflowCallback
 from sweeps.tracking.store import TAG_STATUS, Store, Writes, open_parent, sweep_runs
+from sweeps.tracking.system import SystemSampler
 from sweeps.train.config import TrialConfig
 from sweeps.train.status import TrialStatus
 from sweeps.train.trial import Trial
@@ -62,13 +63,14 @@ def tune_trial(config: dict[str, Any]) -> None:
     hp = {k: config[k] for k in study["params"]}
     trials = [Trial(c) for c in study["configs_fn"](hp)]
     group = SeedGroup(trials, functools.partial(epoch_report, study, trials))
+    system = SystemSampler()  # the worker's CPU, memory and GPU per epoch (MLflow's system metrics)
     folder = resume.TrialFolder.current()  # None outside a Ray session (a test calling it directly)
     if folder is not None:
         earlier = [folder.sibling(study_trial_dir(study["name"], n)) for n in config.get(CONTINUES, [])]
         for report in resume.resume(group, folder, tune.get_checkpoint() is not None, earlier):
             tune.report(dict(report))
     while not group.done:
-        report = group.run_epoch()
+        report = {**group.run_epoch(), **system.sample()}
         if folder is None:
             tune.report(report)
             continue
@@ -299,7 +301,8 @@ def run_study(spec: TuneSpec, spec_file: Path, study: Study, *, fresh: bool = Fa
                   "datasets": ",".join(study.datasets)}
         callbacks.append(TuneMlflowCallback(store, sweep_id, study.name, labels, list(spec.tune.space)))
     if remaining:
-        callbacks.insert(0, ProgressCallback(study.name, remaining, spec.metric, spec.mode))
+        callbacks.insert(0, ProgressCallback(study.name, remaining, spec.metric, spec.mode,
+                                             epochs=max_epochs))
         callbacks.append(DropEndedCheckpoints())
         seeds = tuple(range(spec.tune.seeds))
         searcher = NumberedOptunaSearch(

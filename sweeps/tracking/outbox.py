@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import RunTag
 
 from sweeps.tracking.store import (
-    NOTES, PARENT, RETRY_EVERY_S, RUN_NAME, TAG_KEY, TAG_RAY_ID, TAG_ROLE, TAG_STATUS, TAG_SWEEP, Store,
-    Writes, end_run, find_parent, reason, result_step, result_values, run_params, search_runs, transient,
+    NOTES, RETRY_EVERY_S, TAG_KEY, TAG_RAY_ID, TAG_ROLE, TAG_STATUS, TAG_SWEEP, Store, Writes,
+    child_tags, create_child, end_run, epoch_batch, find_parent, logged_epoch, reason, result_step,
+    result_values, run_params, search_runs, transient,
 )
 
 
@@ -148,11 +149,12 @@ class Outbox:
                 known.add(job.trial_id)
                 last.setdefault(job.trial_id, 0)
                 out.params += len(run_params(job.spec))
-                out.tags += 7  # parent, role, sweep, key, run name + Ray id, status
+                out.tags += len(child_tags("", "", job.spec)) + 2  # + Ray id, status
             if job.kind == "_log":
                 step = result_step(job.arg)
                 if step > last[job.trial_id]:
                     out.metrics += len(result_values(job.arg, step))
+                    out.tags += 1  # the run's last epoch
                     last[job.trial_id] = step
             elif job.kind == "_end":
                 out.tags += 1 + (job.arg in NOTES)
@@ -174,14 +176,10 @@ class Outbox:
             run_id = found[0].info.run_id
             if not found[0].data.params:  # created, but its params did not get through
                 client.log_batch(run_id, params=run_params(spec))
-            history = client.get_metric_history(run_id, "epoch")
-            self._last_step[run_id] = int(max((m.value for m in history), default=0))
+            self._last_step[run_id] = logged_epoch(client, found[0])
             client.update_run(run_id, status="RUNNING")
         else:
-            tags = {PARENT: self._parent_id, TAG_ROLE: "trial", TAG_SWEEP: self.sweep_id,
-                    TAG_KEY: spec["key"], RUN_NAME: spec["slug"]}
-            run_id = client.create_run(self._exp_id, tags=tags, run_name=spec["slug"]).info.run_id
-            client.log_batch(run_id, params=run_params(spec))
+            run_id = create_child(client, self._exp_id, self._parent_id, self.sweep_id, spec)
             self._last_step[run_id] = 0
         client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial_id), RunTag(TAG_STATUS, "running")])
         self._runs[trial_id] = run_id
@@ -192,9 +190,8 @@ class Outbox:
         step = result_step(result)
         if step <= self._last_step.get(run_id, 0):
             return  # an epoch re-run after a restore: its first report is already logged
-        values = result_values(result, step)
-        at_ms = at_ms or int(time.time() * 1000)
-        self._client.log_batch(run_id, metrics=[Metric(k, v, at_ms, step) for k, v in values.items()])
+        metrics, tags = epoch_batch(result, step, at_ms or int(time.time() * 1000))
+        self._client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[run_id] = step
 
     def _end(self, trial_id: str, spec: dict[str, Any], status: str, at_ms: int = 0) -> None:

@@ -13,12 +13,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps.redact import redact
 from sweeps.spec.common import DEFAULT_ARTIFACTS
+from sweeps.tracking.conventions import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, dataset_inputs, source_tags
 
 TAG_ROLE = "dals.role"  # "sweep" | "trial"
 TAG_SWEEP = "dals.sweep_id"
@@ -27,6 +28,9 @@ TAG_KEY = "dals.trial_key"
 TAG_RAY_ID = "dals.ray_trial_id"
 # running | finished | diverged | stopped (by ASHA) | failed | retrying | interrupted
 TAG_STATUS = "dals.status"
+# The last epoch logged to a run, written with that epoch's metrics: the epoch is each metric's
+# step, never a metric of its own (MLflow would chart it).
+TAG_EPOCH = "dals.epoch"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 
@@ -135,14 +139,19 @@ class Store:
         return redact(self.uri)
 
     def experiment_id(self, client: MlflowClient | None = None) -> str:
+        """The experiment's id, created on first use; tagged as a model-training experiment
+        (`EXPERIMENT_KIND`) unless it already has a kind (one a user picked in the UI stays)."""
         client = client or self.client()
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         artifacts = None
         if self.uri.startswith("sqlite:"):  # keep artifacts in the working folder, not a server's
             artifacts = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-        return client.create_experiment(self.experiment, artifact_location=artifacts)
+        return client.create_experiment(self.experiment, artifact_location=artifacts,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def _tag_filter(**tags: str) -> str:
@@ -181,9 +190,11 @@ def _open_parent(store: Store, sweep_id: str, spec_name: str, spec_hash: str, sp
     if run is not None:
         client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
-    tags = {TAG_ROLE: "sweep", TAG_SWEEP: sweep_id, TAG_SPEC_HASH: spec_hash, RUN_NAME: spec_name}
+    tags = {**source_tags(), TAG_ROLE: "sweep", TAG_SWEEP: sweep_id, TAG_SPEC_HASH: spec_hash,
+            RUN_NAME: spec_name}
     run_id = client.create_run(exp_id, tags=tags, run_name=spec_name).info.run_id
-    client.log_batch(run_id, params=[Param(k, redact(str(v))) for k, v in params.items()])
+    client.log_batch(run_id, params=[Param(k, redact(str(v))) for k, v in params.items()
+                                     if v is not None])
     with tempfile.TemporaryDirectory() as folder:  # the spec as written, secrets masked
         copy = Path(folder) / Path(spec_file).name
         copy.write_text(redact(Path(spec_file).read_text()))
@@ -214,9 +225,37 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def child_tags(parent_id: str, sweep_id: str, trial: dict[str, Any]) -> dict[str, str]:
+    """The tags a trial's run is created with: its place in the sweep and its source."""
+    return {**source_tags(), PARENT: parent_id, TAG_ROLE: "trial", TAG_SWEEP: sweep_id,
+            TAG_KEY: trial["key"], RUN_NAME: trial["slug"]}
+
+
+def create_child(client: MlflowClient, exp_id: str, parent_id: str, sweep_id: str,
+                 trial: dict[str, Any], **extra_tags: str) -> str:
+    """A new run for a trial: tags, params and its data as dataset inputs; returns its id."""
+    tags = {**child_tags(parent_id, sweep_id, trial), **extra_tags}
+    run_id = client.create_run(exp_id, tags=tags, run_name=trial["slug"]).info.run_id
+    client.log_batch(run_id, params=run_params(trial))
+    inputs = dataset_inputs(trial.get("config", {}))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+    return run_id
+
+
+def logged_epoch(client: MlflowClient, run: Any) -> int:
+    """The last epoch a run holds (its `TAG_EPOCH`; runs logged before that tag existed kept the
+    epoch as a metric)."""
+    tag = run.data.tags.get(TAG_EPOCH)
+    if tag is not None and tag.isdigit():
+        return int(tag)
+    return int(max((m.value for m in client.get_metric_history(run.info.run_id, "epoch")), default=0))
+
+
 def run_params(trial: dict[str, Any]) -> list[Param]:
     """Labels (strategy, generation, dataset, regime, seed), every hyperparameter the strategy
-    runs with (`hp.NAME`) and the rest of the trainable's config, flattened."""
+    runs with (`hp.NAME`) and the rest of the trainable's config, flattened. Unset (None) values
+    are left out: MLflow would show them as the string "None"."""
     flat: dict[str, Any] = dict(trial["labels"])
     flat.update({f"hp.{k}": v for k, v in trial.get("hp", {}).items()})
 
@@ -228,7 +267,7 @@ def run_params(trial: dict[str, Any]) -> list[Param]:
             flat.setdefault(prefix, value)
 
     walk("", trial["config"])
-    return [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    return [Param(k, str(v)[:6000]) for k, v in flat.items() if v is not None]
 
 
 def result_step(result: dict[str, Any]) -> int:
@@ -236,7 +275,14 @@ def result_step(result: dict[str, Any]) -> int:
 
 
 def result_values(result: dict[str, Any], step: int) -> dict[str, float]:
-    return {**epoch_metrics(result), "epoch": float(step)}
+    """The metrics a result logs at `step` (its epoch, which is their step, not a metric)."""
+    return epoch_metrics(result)
+
+
+def epoch_batch(result: dict[str, Any], step: int, at_ms: int) -> tuple[list[Metric], list[RunTag]]:
+    """One epoch's log_batch: its metrics at `step` and the run's last-epoch tag."""
+    metrics = [Metric(k, v, at_ms, step) for k, v in result_values(result, step).items()]
+    return metrics, [RunTag(TAG_EPOCH, str(step))]
 
 
 def end_run(client: MlflowClient, run_id: str, status: str) -> int:
