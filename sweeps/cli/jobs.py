@@ -32,14 +32,27 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+# What submitting a spec again does, once its earlier job has ended (`dals KIND run` on the cluster)
+ON_RESUBMIT = {
+    "sweep": "it resumes the sweep from the experiment folder on the spec's storage: finished trials "
+             "are not trained again, unfinished ones continue from their last checkpoint, each trial "
+             "keeps its MLflow run",
+    "tune": "it continues the spec's Optuna studies from their storage (tune.storage): only the trials "
+            "a study still lacks run, and trials a killed job left running are marked failed and their "
+            "params queued again; each job writes a new Ray experiment folder",
+}
+
+
 def add_submit(actions: argparse._SubParsersAction, kind: str) -> None:
     """`dals KIND submit` (KIND sweep or tune), added by that command's own register."""
     p = actions.add_parser(
         "submit", help=f"run a {kind} spec on a Ray cluster as a Ray Job",
         description=f"Submit `dals {kind} run SPEC` as a Ray Job: this checkout is the job's working dir, "
-                    "the spec travels with it. Prints the job id. A spec whose job is still running is "
-                    "refused; submitting it again later resumes it (same experiment folder).")
-    p.add_argument("spec", metavar="SPEC")
+                    "the spec travels with it. Prints the job id (dals-KIND-NAME-HASH, then -2, -3... for "
+                    "later submits of the same spec). While a job of this spec is still pending or running, "
+                    f"another submit is refused. Submitted again after it ended, {ON_RESUBMIT[kind]}; "
+                    "--fresh starts over instead.")
+    p.add_argument("spec", metavar="SPEC", help=f"a {kind} spec file, or a shipped one's name")
     p.add_argument("--address", default=None,
                    help=f"the cluster's dashboard, e.g. http://HEAD:8265 (default: ${cluster.ADDRESS_ENVS[0]}, "
                         f"${cluster.ADDRESS_ENVS[1]}, {cluster.DEFAULT_ADDRESS})")
@@ -93,8 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="stream until the job ends")
         p.set_defaults(func=func)
-    p = actions.add_parser("list", help="the cluster's dals jobs")
-    p.add_argument("--address", default=None)
+    p = actions.add_parser("list", help="the cluster's dals jobs: id, status, spec")
+    p.add_argument("--address", default=None, help="the cluster's dashboard (as for submit)")
     p.add_argument("--all", action="store_true", help="also jobs not submitted by dals")
     p.set_defaults(func=_list)
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from sweeps.cli import jobs
-from sweeps.cli.args import EXIT_FAILED_TRIALS, EXIT_INTERRUPTED
+from sweeps.cli.args import EXIT_FAILED_TRIALS, EXIT_INTERRUPTED, shipped_specs
 from sweeps.cluster.address import check_address
 from sweeps.experiment.folder import read_meta, sweep_folder
 from sweeps.redact import redact
@@ -68,10 +68,10 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     actions = sweep.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
     run = actions.add_parser(
         "run", help="run a sweep spec (resumes an unfinished run of the same spec)",
-        description="Run SPEC (a YAML file, or the name of a shipped spec: quick, paper, paper-cpu) "
-                    "on local Ray, or on the cluster at --address. Running the same spec again "
-                    "resumes it; finished trials are not trained again.")
-    run.add_argument("spec", metavar="SPEC")
+        description="Run SPEC (a YAML file, or the name of a shipped spec) on local Ray, or on the "
+                    "cluster at --address. Running the same spec again resumes it; finished trials "
+                    f"are not trained again. Shipped sweep specs: {', '.join(shipped_specs('sweep'))}.")
+    run.add_argument("spec", metavar="SPEC", help="a sweep spec file, or a shipped one's name")
     run.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit")
     run.add_argument("--fresh", action="store_true", help="discard an earlier run of this spec")
@@ -83,7 +83,7 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
                     "final statuses that the sweep's Ray result files hold and its MLflow runs "
                     "lack. SWEEP is a spec (file or shipped name) or a sweep's experiment folder. "
                     "Running it twice records nothing the second time.")
-    sync.add_argument("sweep", metavar="SWEEP")
+    sync.add_argument("sweep", metavar="SWEEP", help="a spec (file or shipped name) or a sweep's experiment folder")
     sync.set_defaults(func=_sweep_sync)
     jobs.add_submit(actions, "sweep")
 
@@ -112,6 +112,6 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     rep = subparsers.add_parser(
         "report", help="(re)write a sweep's report: rankings, epochs to target, regime winners, curves",
         description="SWEEP is a spec (file or shipped name) or a sweep's experiment folder.")
-    rep.add_argument("sweep", metavar="SWEEP")
+    rep.add_argument("sweep", metavar="SWEEP", help="a spec (file or shipped name) or a sweep's experiment folder")
     rep.add_argument("--out", default=None, help="output folder (default: results/<sweep name>)")
     rep.set_defaults(func=_report)

@@ -19,6 +19,7 @@ from sweeps.redact import redact
 from sweeps.spec.common import SpecError
 from sweeps.spec.credentials import refuse_credentials
 from sweeps.spec.tune import Study, TuneSpec
+from sweeps.train.config import strategy_hp
 
 ATTR_SWEEP = "dals.sweep_id"
 ATTR_SPEC = "dals.spec"
@@ -142,7 +143,8 @@ def export_preset(study_name: str, storage_url: str, preset: str | None = None) 
         raise SpecError(f"study {study_name!r} has no complete trial yet") from None
     preset = preset or info.get("key") or study_name
     fixed = next(iter(info.get("fixed_hp", {}).values()), {})
-    hyperparameters = dalsopt.resolve(strategy, info.get("regime", "scratch"), **{**fixed, **best.params})
+    hyperparameters = dalsopt.resolve(strategy, info.get("regime", "scratch"),
+                                      **strategy_hp({**fixed, **best.params}))
     data = {"strategy": strategy, "preset": preset, "hyperparameters": hyperparameters,
             "source": {"study": study_name, "storage": shown_storage(storage_url), "spec": info.get("spec"),
                        "regime": info.get("regime"), "datasets": info.get("datasets"),

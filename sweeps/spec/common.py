@@ -6,6 +6,7 @@ Nothing here imports Ray, Optuna or MLflow.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ import dalsopt
 from sweeps.spec.credentials import no_credentials
 from sweeps.train.config import TrialConfig, first_line
 from sweeps.train.data import registry as datasets
+from sweeps.train.hints import did_you_mean
 
 METRICS = ("eval_accuracy", "eval_loss", "val_accuracy", "val_loss", "train_loss")
 VAL_METRICS = ("val_accuracy", "val_loss")  # measured only where a dataset sets `validation`
@@ -64,20 +66,33 @@ def expand_strategies(items: list[str]) -> list[str]:
         elif item in gens:
             chosen.add(item)
         else:
-            allowed = ", ".join([*gens, *sorted({f"gen{g}" for g in gens.values()}), "all"])
-            raise ValueError(f"unknown strategy {item!r}; allowed: {allowed}")
+            allowed = [*gens, *sorted({f"gen{g}" for g in gens.values()}), "all"]
+            raise ValueError(f"unknown strategy {item!r}{did_you_mean(item, allowed)}; "
+                             f"allowed: {', '.join(allowed)}")
     return sorted(chosen, key=lambda n: (list(gens).index(n.split("@", 1)[0]), n))
 
 
 # ----------------------------------------------------------------------------- the models
 
 
+@functools.lru_cache(maxsize=1)
+def hyperparameter_names() -> frozenset[str]:
+    """Every strategy's hyperparameter names (and `grouping`): keys that belong under `hp:`."""
+    return frozenset({"grouping"}.union(*(dalsopt.resolve(n) for n in dalsopt.names())))
+
+
 def _reject_unknown(data: Any, allowed: list[str]) -> Any:
-    """An unknown key is an error that lists the allowed ones (pydantic's own message does not)."""
+    """An unknown key is an error that lists the allowed ones (pydantic's own message does not),
+    with the key it was probably meant as, or, for a hyperparameter, where it goes (`hp:`)."""
     if isinstance(data, dict):
         unknown = [k for k in data if k not in allowed]
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+            key = unknown[0]
+            if "hp" in allowed and key in hyperparameter_names():
+                hint = f" (a strategy hyperparameter: it goes under `hp:`, e.g. hp: {{{key}: ...}})"
+            else:
+                hint = did_you_mean(key, allowed)
+            raise ValueError(f"unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
     return data
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from sweeps.spec.common import SpecError, first_line, path_key
+from sweeps.train.hints import did_you_mean
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 # Bounds that keep a bad spec a quick error rather than a hang or a huge allocation.
@@ -32,8 +33,9 @@ def resolve_path(ref: str | Path) -> Path:
     shipped = SPECS_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else ref}.yaml"
     if shipped.exists() and path.parent == Path("."):
         return shipped
-    names = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
-    raise SpecError(f"{ref}: no such spec file; shipped specs: {names}")
+    names = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
+    hint = did_you_mean(path.stem, names) if path.parent == Path(".") else ""
+    raise SpecError(f"{ref}: no such spec file{hint}; shipped specs: {', '.join(names)}")
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]

@@ -18,6 +18,7 @@ from dalsopt import presets
 
 from sweeps.train import models
 from sweeps.train.data import registry as datasets
+from sweeps.train.hints import did_you_mean
 
 REGIMES = ("scratch", "finetune")
 REGIME_MODEL = {"scratch": "textcnn", "finetune": models.MINILM}
@@ -133,7 +134,7 @@ class TrialConfig:
     def hyperparameters(self) -> dict[str, Any]:
         """Every hyperparameter the trial's strategy runs with: its regime's defaults under `hp`.
         The one source for training, MLflow's `hp.*` params and exported presets."""
-        return dalsopt.resolve(self.strategy, self.regime, **self.hp)
+        return dalsopt.resolve(self.strategy, self.regime, **strategy_hp(self.hp))
 
     def comparable(self) -> dict[str, Any]:
         """The config without where it runs (a trial may resume on another device)."""
@@ -236,7 +237,27 @@ def _regime_from_model(model: Any, kind: str) -> str | None:
 def _check_strategy(name: Any) -> None:
     known = list(dalsopt.names(presets=True))  # tuned presets ("dals@trec6") are strategies too
     if name not in known:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(known)}")
+        raise ValueError(f"unknown strategy {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+
+
+# `hp` keys that are options of `dalsopt.make`, not hyperparameters (`dalsopt.resolve` takes none):
+# they reach `make` with the rest of `hp` and are checked here
+BUILD_OPTIONS = ("grouping",)
+
+
+def strategy_hp(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """`hp` without the build options: what `dalsopt.resolve` takes."""
+    return {k: v for k, v in hp.items() if k not in BUILD_OPTIONS}
+
+
+def _check_grouping(value: Any) -> None:
+    """`grouping`: "auto", "children" or a list of parameter-name prefixes (dalsopt.groups)."""
+    if value in ("auto", "children"):
+        return
+    if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) and p for p in value):
+        return
+    raise ValueError(f"hp grouping must be 'auto', 'children' or a list of parameter-name prefixes, "
+                     f"got {value!r}")
 
 
 def _check_hp(cfg: dict) -> dict[str, Any]:
@@ -248,8 +269,10 @@ def _check_hp(cfg: dict) -> dict[str, Any]:
         if not isinstance(v, (int, float, bool, str, list, tuple)):
             raise ValueError(f"hp {k} must be a number, bool, string or list, got {v!r}")
     full = {**dataset_hp(cfg["strategy"], cfg["dataset"], cfg["regime"]), **hp}
+    if "grouping" in full:
+        _check_grouping(full["grouping"])
     try:  # bad names and values fail now, not minutes into data loading
-        dalsopt.resolve(cfg["strategy"], cfg["regime"], **full)
+        dalsopt.resolve(cfg["strategy"], cfg["regime"], **strategy_hp(full))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad hyperparameters for {cfg['strategy']}: {first_line(exc)}") from None
     return full

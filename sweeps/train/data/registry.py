@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from sweeps.train.data import sources
+from sweeps.train.hints import did_you_mean
 from sweeps.train.data.split import Split, subset
 
 PACKAGE_DATA = Path(__file__).resolve().parents[2] / "data"  # the shipped files: sweeps/data/
@@ -67,7 +68,8 @@ def check_id(dataset_id: str) -> None:
     """Raise a one-line ValueError for an unknown dataset id."""
     if not isinstance(dataset_id, str) or not (dataset_id in DATASETS or is_user_dataset(dataset_id)):
         raise ValueError(
-            f"unknown dataset {dataset_id!r}; known: {', '.join(DATASETS)}, or file:PATH, or hf:ID[:CONFIG]"
+            f"unknown dataset {dataset_id!r}{did_you_mean(dataset_id, DATASETS)}; "
+            f"known: {', '.join(DATASETS)}, or file:PATH, or hf:ID[:CONFIG]"
         )
     if is_user_dataset(dataset_id) and not dataset_id.split(":", 1)[1]:
         raise ValueError(f"dataset {dataset_id!r} names no file or Hugging Face id after the prefix")
