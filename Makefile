@@ -3,16 +3,21 @@
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Each setup step is one line with the time it took; its output goes to $(LOG), shown when it fails.
+LOG   := $(VENV)/setup.log
+STEP  := @sh scripts/setup_step.sh $(LOG)
 
 .PHONY: venv run test bench browser paper
 
 $(STAMP): pyproject.toml requirements.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch/torchvision first, pinned: pip takes them from this machine's disk (see DESIGN.md).
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	@mkdir -p $(VENV) && : > $(LOG)
+	@test -x $(PY) || sh scripts/setup_step.sh $(LOG) "creating the virtualenv $(VENV)" python3 -m venv $(VENV)
+	$(STEP) "upgrading pip" $(PY) -m pip install -q --upgrade pip
+	@# torch/torchvision pinned first in requirements.txt: pip takes them from this machine's disk (DESIGN.md)
+	$(STEP) "installing requirements.txt (torch, Ray, Optuna, MLflow...; minutes the first time)" \
+	  $(PY) -m pip install -q -r requirements.txt
+	$(STEP) "installing this checkout (editable)" $(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -22,7 +27,9 @@ run: $(STAMP)
 # The browser test drives Debian's chromium; install it where we can (as root, from apt), else it skips.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: the browser test will skip"; }
+	  { [ "$$(id -u)" = 0 ] && mkdir -p $(VENV) && sh scripts/setup_step.sh $(LOG) "installing chromium for the browser test (apt)" \
+	      sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver' \
+	    || echo "chromium not installed: the browser test will skip"; }
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

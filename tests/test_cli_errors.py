@@ -3,7 +3,10 @@ nothing started or written (run in-process, then a few as real subprocesses, as 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +155,150 @@ def test_no_traceback_reaches_the_terminal(case: str, tmp_path: Path) -> None:
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and ": error: " in r.stderr, r.stderr
     assert r.stdout == ""
     assert sorted(os.listdir(tmp_path)) == (["FILE"] if content is not None else [])
+
+
+# ----------------------------------------------------------------------------- a CLI that helps
+
+HINTS = {  # argv, words of the one error line
+    "misspelled spec": (["sweep", "run", "quik"], ["quik", "(did you mean 'quick'?)"]),
+    "misspelled tune spec": (["tune", "run", "tune-dals-cp"], ["(did you mean 'tune-dals-cpu'?)"]),
+    "train: misspelled strategy": (["train", "--strategy", "dalls"], ["(did you mean 'dals'?)"]),
+    "train: misspelled dataset": (["train", "--dataset", "synthtic"], ["(did you mean 'synthetic'?)"]),
+    "train: bad grouping": (["train", "--hp", "grouping=rows"], ["grouping", "'children'", "'rows'"]),
+    "dashboard: no storage": (["tune", "dashboard", "nope-scratch"], ["no Optuna storage", "optuna-journal.log"]),
+    "dashboard: spec missing": (["tune", "dashboard", "s", "--spec", "no-such.yaml"], ["no such spec file"]),
+    "dashboard: sweep spec": (["tune", "dashboard", "quick"], ["tune", "missing"]),
+    "dashboard: bad port": (["tune", "dashboard", "s", "--port", "0"], ["--port"]),
+}
+SPEC_HINTS = {  # spec file text, words of the one error line
+    "hyperparameter in defaults": ("defaults: {epochs: 1, lr: 0.1}",
+                                   ["defaults: unknown key 'lr'", "goes under `hp:`", "hp: {lr: ...}"]),
+    "hyperparameter in a dataset's settings": ("datasets: {synthetic: {momentum: 0.8}}",
+                                               ["datasets.synthetic", "'momentum'", "`hp:`"]),
+    "misspelled section": ("default: {epochs: 1}", ["unknown key 'default' (did you mean 'defaults'?)"]),
+    "misspelled setting": ("defaults: {epoch: 1}", ["unknown key 'epoch' (did you mean 'epochs'?)"]),
+}
+GRID = "name: hints\ngrid: {strategies: [dals], datasets: [synthetic], seeds: 1}\n"
+
+
+@pytest.mark.parametrize("case", HINTS, ids=list(HINTS))
+def test_a_mistyped_name_gets_a_hint(case: str, workdir: Path) -> None:
+    argv, words = HINTS[case]
+    one_line_error(run_cli(argv, workdir), *words)
+
+
+@pytest.mark.parametrize("case", SPEC_HINTS, ids=list(SPEC_HINTS))
+def test_a_mistyped_spec_key_gets_a_hint(case: str, workdir: Path) -> None:
+    text, words = SPEC_HINTS[case]
+    (workdir / "FILE").write_text(GRID + text + "\n")
+    one_line_error(run_cli(["sweep", "run", "FILE", "--dry-run"], workdir), *words)
+
+
+@pytest.mark.parametrize("grid, words", [
+    ("{strategies: [dalls], datasets: [synthetic], seeds: 1}", ["grid.strategies", "(did you mean 'dals'?)"]),
+    ("{strategies: [dals], datasets: [synthetc], seeds: 1}", ["grid.datasets", "(did you mean 'synthetic'?)"]),
+    ("{strategy: [dals], datasets: [synthetic], seeds: 1}", ["(did you mean 'strategies'?)"]),
+])
+def test_a_mistyped_grid_gets_a_hint(grid: str, words: list[str], workdir: Path) -> None:
+    (workdir / "FILE").write_text(f"name: hints\ngrid: {grid}\n")
+    one_line_error(run_cli(["sweep", "run", "FILE", "--dry-run"], workdir), *words)
+
+
+def test_grouping_children_reaches_dalsopt_from_the_flag_and_the_spec(workdir: Path) -> None:
+    """`--hp grouping=children` (and a spec's hp) builds the paper's blocks: one per top-level child
+    of the model that holds parameters, not the automatic grouping's."""
+    from sweeps.spec.sweep import load_spec
+    from sweeps.train.config import TrialConfig
+    from sweeps.train.trial import Trial
+
+    v = run_cli(["train", "--strategy", "discriminative", "--hp", "grouping=children", "--epochs", "1",
+                 "--max-train", "64", "--max-eval", "32", "--json"], workdir)
+    assert v.code == 0 and json.loads(v.out.splitlines()[-1])["status"] == "finished", v.err
+    small = "epochs: 1, max_train: 64, max_eval: 32, max_length: 16"  # a text CNN: its convs are one child
+    (workdir / "FILE").write_text(GRID.replace("[dals]", "[discriminative]").replace("synthetic", "trec6-scratch")
+                                  + f"defaults: {{{small}, hp: {{grouping: children}}}}\n")
+    spec, _ = load_spec(workdir / "FILE")
+    [trial] = spec.trials()
+    assert trial.config().hp["grouping"] == "children"
+    built = Trial(trial.config())
+    children = [c for c in built.model.children() if any(True for _ in c.parameters())]
+    auto = Trial(TrialConfig.create(strategy="discriminative", dataset="trec6-scratch", epochs=1,
+                                    max_train=64, max_eval=32, max_length=16))
+    assert built.strategy.meta["blocks"] == len(children) == 3 < auto.strategy.meta["blocks"]
+
+
+def test_version_names_the_package_and_its_libraries(workdir: Path) -> None:
+    from importlib import metadata
+
+    v = run_cli(["--version"], workdir)
+    assert v.code == 0 and v.out.startswith(f"dals {metadata.version('dalsopt')} (")
+    for lib in ("torch", "ray", "optuna", "mlflow"):
+        assert f"{lib} {metadata.version(lib)}" in v.out
+
+
+def _actions(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("dals",)):
+    """(command path, action) for every argument of every command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_flag_and_argument_has_help() -> None:
+    from sweeps.cli.main import build_parser
+
+    bare = [(" ".join(p), a.option_strings or a.dest) for p, a in _actions(build_parser()) if not a.help]
+    assert bare == []
+
+
+def test_help_lists_every_shipped_spec(workdir: Path) -> None:
+    import yaml
+
+    from sweeps.spec.loader import SPECS_DIR
+
+    kinds: dict[str, list[str]] = {"sweep": [], "tune": []}
+    for path in SPECS_DIR.glob("*.yaml"):
+        kinds["tune" if "tune" in yaml.safe_load(path.read_text()) else "sweep"].append(path.stem)
+    for kind, names in kinds.items():
+        text = " ".join(run_cli([kind, "run", "-h"], workdir).out.split())
+        assert names and all(name in text.replace("- ", "-") for name in names), (kind, names, text)
+
+
+def test_submit_help_says_what_a_resubmit_does(workdir: Path) -> None:
+    sweep = " ".join(run_cli(["sweep", "submit", "-h"], workdir).out.split())
+    tune = " ".join(run_cli(["tune", "submit", "-h"], workdir).out.split())
+    assert "resumes the sweep" in sweep and "finished trials are not trained again" in sweep
+    assert "continues the spec's Optuna studies" in tune and "still lacks" in tune
+    assert "refused" in sweep and "refused" in tune
+
+
+def test_tune_dry_run_shows_the_studies_and_starts_nothing(workdir: Path) -> None:
+    from sweeps.spec.tune import load_tune_spec
+
+    v = run_cli(["tune", "run", "tune-dals-cpu", "--dry-run"], workdir)
+    assert (v.code, v.err, v.left_behind) == (0, "", [])
+    spec, _ = load_tune_spec("tune-dals-cpu")
+    for study in spec.studies():
+        assert f"study {study.name}:" in v.out
+    for name in spec.tune.space:
+        assert f"    {name} " in v.out
+    assert f"{spec.tune.trials} trials each, {spec.tune.concurrency} at a time" in v.out
+    assert f"Optuna storage {workdir / 'optuna-journal.log'} (new)" in v.out
+
+
+def test_readme_lists_every_command() -> None:
+    from sweeps.cli.main import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = {" ".join(p[:3]) for p, _ in _actions(build_parser()) if len(p) > 1}
+    missing = []
+    for command in sorted(commands):
+        words = command.split()
+        if words[1] == "jobs" and len(words) == 3:  # `dals jobs status|logs|stop JOB` lists them together
+            if not re.search(rf"dals jobs [a-z|]*\b{words[2]}\b", readme):
+                missing.append(command)
+        elif command not in readme:
+            missing.append(command)
+    assert missing == []

@@ -7,70 +7,18 @@ parent run's summary. (`tests/test_sweep.py` checks the same on a real Ray sweep
 from __future__ import annotations
 
 import json
-import subprocess
-import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from sweeps.runner.grid import trial_entry
-from sweeps.spec.sweep import load_spec
 from sweeps.tracking import conventions, store as tracking
-from sweeps.tracking.callback import MlflowCallback
 from sweeps.tracking.summary import sweep_summary
 from sweeps.tracking.system import SystemSampler, gpu_metrics
 from sweeps.train.config import TrialConfig
 from sweeps.train.data import registry
 from sweeps.train.trial import Trial
-
-
-def git(folder: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.org", "HOME": str(folder), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
-
-
-def git_checkout(folder: Path) -> str:
-    """`folder` as a git checkout with one commit on branch `main`; returns the commit's hash."""
-    git(folder, "init", "-q", "-b", "main")
-    (folder / "README").write_text("x\n")
-    git(folder, "add", "README")
-    git(folder, "commit", "-q", "-m", "one")
-    return git(folder, "rev-parse", "HEAD")
-
-
-SPEC = """
-    name: conv
-    grid: {strategies: [sgd, dals], datasets: [synthetic], seeds: [0, 1]}
-    defaults: {epochs: 2, max_train: 256, max_eval: 128}
-"""
-
-
-def tracked(folder: Path, epochs=(1, 2), sample=None) -> tuple[tracking.Store, list]:
-    """A sweep's runs written by the real callback on a SQLite store in `folder`, from stand-in
-    Tune trials whose results carry a real system sample."""
-    path = folder / "conv.yaml"
-    path.write_text(textwrap.dedent(SPEC))
-    spec, _ = load_spec(path)
-    store = tracking.Store(spec.tracking_uri(), spec.experiment())
-    tracking.open_parent(store, "conv-1", spec.name, spec.digest, path, {"trials": 4, "unset": None})
-    callback = MlflowCallback(store, "conv-1")
-    callback.setup()
-    system = SystemSampler()
-    for i, t in enumerate(spec.trials()):
-        trial = SimpleNamespace(trial_id=f"t{i}", config={"trial": trial_entry(t)}, last_result=None)
-        callback.on_trial_start(0, [], trial)
-        for epoch in epochs:
-            trial.last_result = {"epoch": epoch, "eval_accuracy": 0.5 + 0.1 * epoch, "training_iteration": epoch,
-                                 "status": "finished" if epoch == max(epochs) else "running",
-                                 **(sample or system.sample())}
-            callback.on_trial_result(0, [], trial, trial.last_result)
-        callback.on_trial_complete(0, [], trial)
-    callback.on_experiment_end([])  # waits for the queued writes
-    return store, spec.trials()
+from tracked_runs import git, git_checkout, tracked
 
 
 def runs(store: tracking.Store):

@@ -153,3 +153,110 @@ def test_a_validation_ranked_table_shows_the_test_split_beside_it(tmp_path):
     on_test = ranking(finals(frame, "eval_accuracy"), "max").set_index(["dataset", "strategy"])
     assert on_test.loc[("ds1", "adam"), "validation_mean"] == pytest.approx(0.84)
     assert math.isnan(on_test.loc[("ds2", "adam"), "validation_mean"])  # ds2 held out no validation
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def test_curve_stats_are_mean_and_std_over_seeds():
+    from sweeps.report.tables import curve_stats
+
+    frame = epochs_frame()
+    stats = curve_stats(frame[frame["dataset"] == "ds1"], "eval_accuracy").set_index(["strategy", "epoch"])
+    for (dataset, strategy), (_, seeds) in CURVES.items():
+        if dataset != "ds1":
+            continue
+        for epoch in (1, 2, 3):
+            values = pd.Series([s[epoch - 1] for s in seeds])
+            row = stats.loc[(strategy, epoch)]
+            assert (row["mean"], row["std"], row["count"]) == (pytest.approx(values.mean()),
+                                                               pytest.approx(values.std()), 2)
+    ds2 = curve_stats(frame[frame["dataset"] == "ds2"], "eval_accuracy")
+    dals = ds2[ds2["strategy"] == "dals"].set_index("epoch")  # one seed diverged after epoch 1
+    assert list(dals["count"]) == [2, 1, 1] and dals.loc[3, "mean"] == pytest.approx(0.65)
+
+
+def test_log_epoch_axis_only_where_the_first_epochs_hold_the_change():
+    from sweeps.report.tables import early_action, epoch_ticks
+
+    def stats(curve):
+        return pd.DataFrame({"strategy": "s", "epoch": range(1, len(curve) + 1), "mean": curve})
+
+    fast = [0.5 + 0.45 * (1 - math.exp(-1.5 * e)) for e in range(20)]  # saturates in ~3 of 20 epochs
+    assert early_action(stats(fast))
+    assert not early_action(stats([0.5 + 0.02 * e for e in range(20)]))  # steady: linear axis
+    assert not early_action(stats(fast[:6]))  # too few epochs to bother
+    assert epoch_ticks(15) == [1, 2, 5, 10, 15] and epoch_ticks(80) == [1, 2, 5, 10, 20, 50, 80]
+
+
+def many_strategies(epochs: int = 15, seeds: int = 3) -> pd.DataFrame:
+    """Every registered strategy on one dataset: curves that saturate within a few epochs."""
+    import dalsopt
+
+    rows = []
+    for i, strategy in enumerate(dalsopt.names()):
+        for seed in range(seeds):
+            for epoch in range(1, epochs + 1):
+                acc = 0.9 - 0.01 * i - 0.4 * math.exp(-(1 + 0.1 * i) * epoch) + 0.002 * seed
+                rows.append({"key": f"{strategy}/d/{seed}", "strategy": strategy, "dataset": "d",
+                             "generation": dalsopt.GENERATIONS[strategy], "regime": "scratch",
+                             "seed": seed, "epoch": epoch, "eval_accuracy": acc, "status": "finished"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plot_curves saves (still written to disk)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def test_many_strategies_get_one_panel_per_generation_with_bands(tmp_path, drawn):
+    import dalsopt
+    from matplotlib.collections import PolyCollection
+
+    from sweeps.report.tables import plot_curves
+
+    df = many_strategies()
+    files = plot_curves(df, "eval_accuracy", tmp_path)
+    assert files["d"].stat().st_size > 10_000
+    [figure] = drawn
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    gens = sorted(set(dalsopt.GENERATIONS.values()))
+    assert [ax.get_title(loc="left") for ax in panels] == [f"gen{g}" for g in gens]
+    best = df[df["epoch"] == 15].groupby("strategy")["eval_accuracy"].mean().idxmax()
+    for ax, gen in zip(panels, gens):
+        mine = [s for s, g in dalsopt.GENERATIONS.items() if g == gen]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert sorted(label.split()[0] for label in labels if not label.startswith("best: ")) == sorted(mine)
+        assert any(label.startswith(f"best: {best} ") for label in labels) == (best not in mine)
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == len(mine)  # a mean +- std band per strategy of the panel
+        assert ax.get_xscale() == "log"  # these curves saturate in the first epochs
+        grey = [line for line in ax.get_lines() if line.get_color() == "0.8"]
+        assert len(grey) == len(dalsopt.GENERATIONS) - len(mine)  # the other generations behind
+
+
+def test_few_strategies_share_one_panel_and_one_seed_draws_no_band(tmp_path, drawn):
+    from matplotlib.collections import PolyCollection
+
+    from sweeps.report.tables import plot_curves
+
+    df = many_strategies(epochs=5, seeds=1)
+    df = df[df["strategy"].isin(["sgd", "adam", "dals"])]
+    plot_curves(df, "eval_accuracy", tmp_path)
+    [figure] = drawn
+    [ax] = [ax for ax in figure.axes if ax.get_visible()]
+    assert ax.get_xscale() == "linear" and not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [label.split()[0] for label in labels] == ["sgd", "adam", "dals"]  # best final first
+    assert "1 seed" in figure.texts[0].get_text()

@@ -18,6 +18,7 @@ from sweeps.experiment.folder import experiment_dir, read_meta
 from sweeps.runner.grid import run_sweep
 from sweeps.spec.sweep import load_spec
 from spec_files import write_spec
+from tracked_runs import git_checkout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def test_sweep_reports_tracks_and_reports_every_trial(in_tmp):
+    commit = git_checkout(in_tmp)  # the sweep runs in a git checkout: its runs name the commit
     path = write_spec(in_tmp, """
         name: e2e
         grid: {strategies: [sgd, adam, dals], datasets: [synthetic], seeds: [0, 1]}
@@ -76,6 +78,18 @@ def test_sweep_reports_tracks_and_reports_every_trial(in_tmp):
     assert parent is not None and parent.info.status == "FINISHED"
     assert parent.data.tags[tracking.TAG_SPEC_HASH] == spec.digest
     assert len(children) == 6
+    client = tracking.Store(spec.tracking_uri(), spec.experiment()).client()
+    experiment = client.get_experiment_by_name(spec.experiment())
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # model training, not GenAI
+    # the parent's summary, against Ray's results: counts, and each dataset's best mean final metric
+    finals: dict[str, list[float]] = {}
+    for rows in results.values():
+        finals.setdefault(rows[-1]["config"]["trial"]["labels"]["strategy"], []).append(rows[-1]["eval_accuracy"])
+    best = max(finals, key=lambda k: sum(finals[k]) / len(finals[k]))
+    summary = parent.data.metrics
+    assert (summary["trials_finished"], summary["trials_diverged"], summary["trials_failed"]) == (6, 0, 0)
+    assert summary["best_final_eval_accuracy/synthetic"] == pytest.approx(sum(finals[best]) / len(finals[best]))
+    assert parent.data.tags["dals.best.synthetic"] == best
     assert sorted(c.data.tags[tracking.TAG_KEY] for c in children) == sorted(results)
     for child in children:
         params, tags = child.data.params, child.data.tags
@@ -88,6 +102,16 @@ def test_sweep_reports_tracks_and_reports_every_trial(in_tmp):
         assert set(dalsopt.resolve(strategy)) <= {k[3:] for k in params if k.startswith("hp.")}
         assert metric_steps(folder, child) == [1, 2]
         assert set(child.data.metrics) >= {"train_loss", "eval_loss", "lr_bottom", "lr_top", "seconds"}
+        # MLflow's conventions: the epoch is the step (no chart of its own), the worker's system
+        # metrics per epoch, the source commit, no "None" param, the data as dataset inputs
+        assert "epoch" not in child.data.metrics and tags[tracking.TAG_EPOCH] == "2"
+        assert metric_steps(folder, child, "system/cpu_utilization_percentage") == [1, 2]
+        assert 0 < child.data.metrics["system/system_memory_usage_percentage"] <= 100
+        assert tags["mlflow.source.git.commit"] == commit == parent.data.tags["mlflow.source.git.commit"]
+        assert "None" not in params.values()
+        inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
+        assert sorted((d.dataset.name, d.tags[0].value, d.dataset.profile) for d in inputs) == [
+            ("synthetic", "eval", '{"num_rows": 500}'), ("synthetic", "train", '{"num_rows": 1000}')]
 
     # report: one ranked row per strategy, logged to the parent run with the spec
     report = Path(outcome.report)
@@ -96,7 +120,6 @@ def test_sweep_reports_tracks_and_reports_every_trial(in_tmp):
     assert sorted(r.split("`")[1] for r in rows if "synthetic" not in r) == ["adam", "dals", "sgd"]
     assert "Regime winners" in text and "epochs to eval_accuracy >= 0.8" in text
     assert (report.parent / "curves-synthetic.png").stat().st_size > 1000
-    client = tracking.Store(spec.tracking_uri(), spec.experiment()).client()
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/curves-synthetic.png"} <= logged
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "spec")] == ["spec/spec.yaml"]
