@@ -14,6 +14,7 @@ objects.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -50,6 +51,7 @@ class Ctx:
 
     ``name`` is the transform being applied (set by ``apply``): its buffers are ``states[i]["name.key"]``.
     ``owned`` says whether ``u`` is a fresh buffer a transform may overwrite (never ``p.grad``).
+    ``applied`` is set by a fused transform that has updated the parameters itself (it must be last).
     """
 
     params: list[Tensor]
@@ -58,6 +60,7 @@ class Ctx:
     shared: StepContext = field(default_factory=StepContext)
     name: str = ""
     owned: bool = False
+    applied: bool = False
 
     @property
     def step(self) -> int:
@@ -87,13 +90,19 @@ class Ctx:
         self.owned = True
         return torch._foreach_mul(u, 1.0)
 
-    def apply(self, transform: "Transform", u: list[Tensor]) -> list[Tensor]:
-        """Run ``transform`` on ``u`` with its own state namespace (restored afterwards, for wrappers)."""
+    @contextmanager
+    def within(self, transform: "Transform") -> Iterator[None]:
+        """Buffers made or read inside belong to ``transform`` (restored afterwards, for wrappers)."""
         outer, self.name = self.name, transform.name
         try:
-            return transform(u, self)
+            yield
         finally:
             self.name = outer
+
+    def apply(self, transform: "Transform", u: list[Tensor]) -> list[Tensor]:
+        """Run ``transform`` on ``u`` with its own state namespace."""
+        with self.within(transform):
+            return transform(u, self)
 
 
 class Transform(Protocol):
@@ -118,12 +127,12 @@ class StepTransform(Protocol):
 
 
 def _names(transforms: Sequence[Transform]) -> Iterator[str]:
-    """Every transform's name, wrapped ones (``inner``) included."""
+    """Every transform's name, the ones it wraps or fuses (``children()``) included."""
     for t in transforms:
         yield t.name
-        inner = getattr(t, "inner", None)
-        if inner is not None:
-            yield from _names([inner])
+        children = getattr(t, "children", None)
+        if children is not None:
+            yield from _names(children())
 
 
 def _sparse_error(group: dict) -> ValueError:
@@ -177,8 +186,11 @@ class Chain(TakesLoss, torch.optim.Optimizer):
             ctx = Ctx(params, [self.state[p] for p in params], group, shared)
             u = grads
             for transform in self.transforms:
+                if ctx.applied:
+                    raise ValueError(f"{transform.name!r} comes after a fused transform that updated the parameters")
                 u = ctx.apply(transform, u)
-            torch._foreach_add_(params, u, alpha=-group["lr"])
+            if not ctx.applied:
+                torch._foreach_add_(params, u, alpha=-group["lr"])
             group["step"] += 1
         return loss
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .chain import Chain
 from .filters import DepthFilter
+from .fused import FusedDALS
 from .groups import Block
 from .param_groups import param_groups
 from .phase import PhaseDetector
@@ -38,32 +39,33 @@ def _calm(alpha0: float) -> tuple[float, float]:
     return alpha0, min(0.9, alpha0 + 0.1)
 
 
-def dals_optimizer(blocks: list[Block], hp: dict, alphas: tuple) -> Chain:
-    """The DALS step over depth-aware groups; ``alphas`` are the filter coefficients of phases 0-2."""
+def dals_optimizer(blocks: list[Block], hp: dict, alphas: tuple, fused: bool = False) -> Chain:
+    """The DALS step over depth-aware groups; ``alphas`` are the filter coefficients of phases 0-2.
+    ``fused``: the same pieces run as one compiled update per tensor (``dalsopt.fused``)."""
     groups = param_groups(blocks, hp["lr"], split_no_decay=hp["exclude_norm_bias"])
-    transforms = [
-        PhaseDetector(fast=hp["phase_fast"], slow=hp["phase_slow"]),
-        DepthFilter(alphas),
-        CoupledDecay(),
-        TrustScaled(Momentum(), hp["trust_coef"], hp["trust_min"], hp["trust_max"]),
-    ]
+    pieces = (DepthFilter(alphas), CoupledDecay(),
+              TrustScaled(Momentum(), hp["trust_coef"], hp["trust_min"], hp["trust_max"]))
+    detector = PhaseDetector(fast=hp["phase_fast"], slow=hp["phase_slow"])
+    transforms = [detector, FusedDALS(*pieces)] if fused else [detector, *pieces]
     return Chain(groups, transforms, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
 
 
-def build_dals(blocks: list[Block], hp: dict, total: int):
+def build_dals(blocks: list[Block], hp: dict, total: int, fused: bool = False):
     a0 = hp["alpha0"]
-    return dals_optimizer(blocks, hp, (max(0.3, a0 - 0.3), *_calm(a0))), WarmupCosine(total, hp["warmup_frac"] * total)
+    alphas = (max(0.3, a0 - 0.3), *_calm(a0))
+    return dals_optimizer(blocks, hp, alphas, fused), WarmupCosine(total, hp["warmup_frac"] * total)
 
 
-def build_dals_fast(blocks: list[Block], hp: dict, total: int):
+def build_dals_fast(blocks: list[Block], hp: dict, total: int, fused: bool = False):
     """In fast descent the raw gradient goes straight through (None) and the filter is left alone."""
-    return dals_optimizer(blocks, hp, (None, *_calm(hp["alpha0"]))), WarmupCosine(total, hp["warmup_frac"] * total)
+    alphas = (None, *_calm(hp["alpha0"]))
+    return dals_optimizer(blocks, hp, alphas, fused), WarmupCosine(total, hp["warmup_frac"] * total)
 
 
-def build_dals_acc(blocks: list[Block], hp: dict, total: int):
+def build_dals_acc(blocks: list[Block], hp: dict, total: int, fused: bool = False):
     """Warm restarts instead of warmup; ``t0`` steps for the first cycle (0: an eighth of the run, the
     authors' 10 of 80 epochs), cycles doubling."""
     a0 = hp["alpha0"]
     t0 = hp["t0"] or max(1, total // 8)
     schedule = WarmRestarts(t0, hp["t_mult"])
-    return dals_optimizer(blocks, hp, (max(0.4, a0 - 0.15), *_calm(a0))), schedule
+    return dals_optimizer(blocks, hp, (max(0.4, a0 - 0.15), *_calm(a0)), fused), schedule

@@ -7,7 +7,7 @@ the raw gradient with the average, trusting the raw gradient more in deeper bloc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -59,18 +59,24 @@ class DepthFilter:
 
     alphas: tuple[Optional[float], float, float]
     name: str = field(default="depth_filter", kw_only=True)
+    BUFFER: ClassVar[str] = "ema"
 
-    def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
+    def coefficients(self, ctx: Ctx, u: list[Tensor]) -> tuple[float | list[Tensor], float | list[Tensor]]:
+        """This step's (filter weight ``1 - alpha``, blend ``b``) for the group: numbers, or one 0-d device
+        tensor per tensor of ``u``. DALS-Fast's fast descent is weight 0 (``f`` unchanged) and blend 1
+        (``u = g``), so the phase never needs an ``if`` on the host."""
         if ctx.shared.phase is None:
             raise ValueError("DepthFilter needs a PhaseDetector before it in the chain")
-        f = ctx.zeros("ema")
-        torch._foreach_lerp_(f, u, by_phase(ctx.shared, (self.name, "weight"), self._weights(), u))
-        ctx.owned = True
+        weights = tuple(0.0 if a is None else 1.0 - a for a in self.alphas)
+        weight = by_phase(ctx.shared, (self.name, "weight"), weights, u)  # type: ignore[arg-type]
         blend = depth_blend(ctx.group["depth"])
-        if self.alphas[FAST] is not None:
-            return torch._foreach_lerp(f, u, blend)
-        return torch._foreach_lerp(f, u, by_phase(ctx.shared, (self.name, blend), (1.0, blend, blend), u))
+        if self.alphas[FAST] is None:
+            return weight, by_phase(ctx.shared, (self.name, blend), (1.0, blend, blend), u)
+        return weight, blend
 
-    def _weights(self) -> tuple[float, float, float]:
-        """The filter's lerp weight ``1 - alpha`` per phase; 0 (``f`` unchanged) where alpha is None."""
-        return tuple(0.0 if a is None else 1.0 - a for a in self.alphas)  # type: ignore[return-value]
+    def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
+        weight, blend = self.coefficients(ctx, u)
+        f = ctx.zeros(self.BUFFER)
+        torch._foreach_lerp_(f, u, weight)
+        ctx.owned = True
+        return torch._foreach_lerp(f, u, blend)

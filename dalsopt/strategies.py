@@ -129,9 +129,10 @@ class Entry:
     id: str
     name: str
     generation: int
-    build: Callable[[list[Block], dict, int], tuple]
+    build: Callable[..., tuple]
     defaults: dict
     finetune: dict = field(default_factory=dict)
+    fusable: bool = False  # the builder takes fused=True (one compiled update per tensor)
 
     def hyperparameters(self, regime: str) -> dict:
         return {**self.defaults, **(self.finetune if regime == "finetune" else {})}
@@ -159,13 +160,13 @@ REGISTRY: tuple[Entry, ...] = (
           dict(DISC, cut_frac=0.1, ratio=32.0, double_decay=False), SGD_FT),
     Entry("sam-discriminative", "SAM + Discriminative", 6, build_sam_discriminative,
           dict(DISC, rho=0.05, adaptive=True), SGD_FT),
-    Entry("dals", "DALS", 6, build_dals, DALS_DEFAULTS, dict(SGD_FT, warmup_frac=0.1)),
+    Entry("dals", "DALS", 6, build_dals, DALS_DEFAULTS, dict(SGD_FT, warmup_frac=0.1), fusable=True),
     Entry("dals-fast", "DALS-Fast", 6, build_dals_fast, dict(DALS_DEFAULTS, lr=0.05, momentum=0.85, warmup_frac=0.02),
-          dict(SGD_FT, lr=1e-3, warmup_frac=0.05)),
+          dict(SGD_FT, lr=1e-3, warmup_frac=0.05), fusable=True),
     Entry("dals-acc", "DALS-Acc", 6, build_dals_acc,
           {**{k: v for k, v in DALS_DEFAULTS.items() if k != "warmup_frac"},
            "alpha0": 0.7, "weight_decay": 5e-4, "phase_slow": 0.001, "t0": 0, "t_mult": 2},
-          SGD_FT),
+          SGD_FT, fusable=True),
 )
 
 _BY_ID = {e.id: e for e in REGISTRY}
@@ -281,20 +282,27 @@ def make(
     total_steps: int,
     regime: str = "scratch",
     grouping: Grouping = "auto",
+    fused: bool = False,
     **hp: Any,
 ) -> Strategy:
     """Build strategy ``name`` for ``model`` over ``total_steps`` optimizer steps.
 
     ``regime`` picks the defaults ("scratch" or "finetune"), ``grouping`` how blocks are found
     (see ``dalsopt.groups``), and ``hp`` overrides any default hyperparameter of the strategy.
+    ``fused=True`` (the DALS family) runs the step as one compiled update per tensor: the same maths and
+    ``state_dict``, faster; the first step compiles it (``torch.compile``, cached on disk).
     """
     spec = entry(name)
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
+    if fused and not spec.fusable:
+        fusable = ", ".join(e.id for e in REGISTRY if e.fusable)
+        raise ValueError(f"fused=True is available for {fusable}, not {spec.id!r}")
     full = resolve(name, regime, **hp)
     blocks = make_blocks(model, grouping)
-    optimizer, schedule = spec.build(blocks, full, total_steps)
+    optimizer, schedule = spec.build(blocks, full, total_steps, **({"fused": True} if fused else {}))
     scheduler = None if schedule is None else LambdaLR(optimizer, schedule)
     meta = {"id": spec.id, "name": spec.name, "generation": spec.generation, "regime": regime,
-            "preset": name if "@" in name else None, "hyperparameters": full, "blocks": len(blocks)}
+            "preset": name if "@" in name else None, "hyperparameters": full, "blocks": len(blocks),
+            "fused": fused}
     return Strategy(name, optimizer, scheduler, spec.generation, meta)

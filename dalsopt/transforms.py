@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -50,12 +51,13 @@ class Momentum:
     """Heavy ball without dampening, as ``torch.optim.SGD``: ``m <- mu m + u`` (``m_0 = u_0``); ``u <- m``."""
 
     name: str = field(default="momentum", kw_only=True)
+    BUFFER: ClassVar[str] = "buffer"
 
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         mu = ctx.group["momentum"]
         if mu == 0:
             return u
-        bufs = ctx.zeros("buffer")  # 0 * mu + u == u exactly: the first step copies u
+        bufs = ctx.zeros(self.BUFFER)  # 0 * mu + u == u exactly: the first step copies u
         torch._foreach_mul_(bufs, mu)
         torch._foreach_add_(bufs, u)
         ctx.owned = False  # u now aliases the momentum buffers

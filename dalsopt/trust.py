@@ -13,17 +13,22 @@ from torch import Tensor
 from .chain import Ctx, Transform
 from .transforms import CoupledDecay
 
-__all__ = ["TrustScaled", "LarsScale"]
+__all__ = ["TrustScaled", "LarsScale", "trust_ratio", "where_defined"]
 
 
 def _norms(tensors: list[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(tensors))
 
 
-def _where_defined(ratio: Tensor, p_norm: Tensor, u_norm: Tensor) -> list[Tensor]:
-    """The ratio where both norms are positive, 1 elsewhere, as one 0-d tensor per parameter."""
-    ok = (p_norm > 0) & (u_norm > 0)
-    return list(torch.where(ok, ratio, torch.ones_like(ratio)).unbind(0))
+def where_defined(ratio: Tensor, p_norm: Tensor, u_norm: Tensor) -> Tensor:
+    """The ratio where both norms are positive, 1 elsewhere (elementwise, on the device)."""
+    return torch.where((p_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
+
+
+def trust_ratio(p_norm: Tensor, u_norm: Tensor, coef: float, lo: float, hi: float) -> Tensor:
+    """DALS's ``r = clamp(coef ||p|| / ||u||, lo, hi)``, 1 where either norm is 0 (any shape of norms:
+    the foreach path passes a group's, the fused kernel one tensor's)."""
+    return where_defined((coef * p_norm / u_norm).clamp(lo, hi), p_norm, u_norm)
 
 
 @dataclass(frozen=True)
@@ -42,12 +47,13 @@ class TrustScaled:
     hi: float = 5.0
     name: str = field(default="trust", kw_only=True)
 
+    def children(self) -> tuple[Transform, ...]:
+        return (self.inner,)
+
     def __call__(self, u: list[Tensor], ctx: Ctx) -> list[Tensor]:
         if not ctx.group.get("trust", True):
             return ctx.apply(self.inner, u)
-        p_norm, u_norm = _norms(ctx.params), _norms(u)
-        ratio = (self.coef * p_norm / u_norm).clamp(self.lo, self.hi)
-        scale = _where_defined(ratio, p_norm, u_norm)
+        scale = trust_ratio(_norms(ctx.params), _norms(u), self.coef, self.lo, self.hi).unbind(0)
         u = ctx.writable(ctx.apply(self.inner, u))
         torch._foreach_mul_(u, scale)
         return u
@@ -66,7 +72,7 @@ class LarsScale:
         wd = ctx.group["weight_decay"]
         p_norm, g_norm = _norms(ctx.params), _norms(u)
         ratio = self.coef * p_norm / (g_norm + wd * p_norm + self.eps)
-        scale = _where_defined(ratio, p_norm, g_norm)
+        scale = where_defined(ratio, p_norm, g_norm).unbind(0)
         u = ctx.writable(CoupledDecay()(u, ctx))
         torch._foreach_mul_(u, scale)
         return u

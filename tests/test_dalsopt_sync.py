@@ -12,8 +12,12 @@ import torch
 from torch import nn
 
 import dalsopt
+from dalsopt import fused
 
 CUDA = torch.cuda.is_available()
+# every strategy, and the fused DALS step (compiled on CUDA; on meta its same maths run eagerly)
+CASES = [pytest.param(name, {}, id=name) for name in dalsopt.names()] + [
+    pytest.param(name, {"fused": True}, id=f"{name}-fused") for name in ("dals", "dals-fast", "dals-acc")]
 
 
 def mlp(device: str) -> nn.Module:
@@ -41,9 +45,9 @@ def stepper(name: str, device: str, **kwargs):
     return s, step
 
 
-@pytest.mark.parametrize("name", dalsopt.names())
-def test_no_step_reads_a_device_value_on_the_host(name):
-    s, step = stepper(name, "meta")
+@pytest.mark.parametrize("name, options", CASES)
+def test_no_step_reads_a_device_value_on_the_host(name, options):
+    s, step = stepper(name, "meta", **options)
     for _ in range(4):  # the first steps allocate the lazy state: they must not read values either
         step()
     assert all(p.device.type == "meta" for p in s.optimizer.param_groups[0]["params"])
@@ -72,10 +76,10 @@ def test_the_phase_detector_keeps_its_state_on_the_parameters_device():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("name", dalsopt.names())
-def test_no_step_synchronises_on_cuda(name):
-    s, step = stepper(name, "cuda")
-    step()  # warm-up outside the check (torch's own lazy initialisation)
+@pytest.mark.parametrize("name, options", CASES)
+def test_no_step_synchronises_on_cuda(name, options):
+    s, step = stepper(name, "cuda", **options)
+    step()  # warm-up outside the check (torch's own lazy initialisation; the fused step compiles)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -85,3 +89,5 @@ def test_no_step_synchronises_on_cuda(name):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert all(torch.isfinite(p).all() for p in s.optimizer.param_groups[0]["params"])
+    if options.get("fused"):  # compiled with Triton, not fallen back to the eager update
+        assert fused._KERNELS["cuda"] is not fused.first_pass

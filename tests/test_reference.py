@@ -484,10 +484,10 @@ def dals_case(name, T, hp):
     return [ref.warmup_cosine(t, T, hp["warmup_frac"] * T) for t in range(T)], alphas
 
 
-def run_dals(name, hp, *, zero_bias=True, zeros=ZERO_GRADS, T=T_DALS, losses=LOSSES):
+def run_dals(name, hp, *, zero_bias=True, zeros=ZERO_GRADS, T=T_DALS, losses=LOSSES, fused=False):
     model = mlp4(zero_bias=zero_bias)
     grads = make_grads(model, T, zeros=zeros)
-    s = dalsopt.make(name, model, total_steps=T, **hp)
+    s = dalsopt.make(name, model, total_steps=T, fused=fused, **hp)
     h = s.meta["hyperparameters"]
     sched, alphas = dals_case(name, T, h)
     phases = ref.loss_phases(losses, fast=h["phase_fast"], slow=h["phase_slow"])
@@ -618,10 +618,19 @@ def test_dals_family_with_momentum_and_pinned_trust_matches_reference(name):
     assert_hist(r["got"], r["want"])
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
 @pytest.mark.parametrize("name", ["dals", "dals-fast", "dals-acc"])
-def test_dals_family_full_spec_matches_reference(name):
-    """The spec's defaults (momentum on, trust ratio varying per step), all phases, zero-norm tensors."""
+def test_dals_family_full_spec_matches_reference(name, fused):
+    """The spec's defaults (momentum on, trust ratio varying per step), all phases, zero-norm tensors;
+    the fused step (one compiled update per tensor) as well as the foreach chain."""
     hp = {"t0": 4} if name == "dals-acc" else {}
-    r = run_dals(name, hp)
+    r = run_dals(name, hp, fused=fused)
     _check_coverage(r, expected_phases(r["hp"]["phase_slow"]))
+    assert r["seen_phases"] == r["phases"]
+    assert_hist(r["got"], r["want"])
+
+
+def test_fused_dals_without_momentum_matches_reference():
+    """Momentum 0: the fused update's other compiled variant (no momentum buffer, as the chain)."""
+    r = run_dals("dals", {"momentum": 0.0, "warmup_frac": 0.07}, fused=True)
     assert_hist(r["got"], r["want"])
