@@ -93,6 +93,72 @@ def assert_lrs(got, want, rtol=RTOL, atol=1e-16):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Every default of the 18 strategies, written here from ../shared/STRATEGIES.md (never read from dalsopt):
+# (scratch column, what fine-tuning changes). "code:" marks a value STRATEGIES.md leaves open, pinned as
+# the implementation chose it.
+# ----------------------------------------------------------------------------------------------------
+
+SGD_FT = {"lr": 5e-4, "weight_decay": 0.01}  # fine-tuning: SGD family 5e-4, wd 0.01
+ADAM_FT = {"lr": 5e-5, "weight_decay": 0.01}  # fine-tuning: Adam family 5e-5, wd 0.01
+DEFAULTS = {
+    "sgd": ({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}, SGD_FT),
+    "cosine": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "eta_min": 1e-5}, SGD_FT),
+    # T0 = 10 steps as the authors' code; code: t_mult 1, eta_min 0
+    "sgdr": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "t0": 10, "t_mult": 1, "eta_min": 0.0}, SGD_FT),
+    "adam": ({"lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 0.0}, ADAM_FT),  # code: torch's betas, wd 0
+    "adamw": ({"lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 0.01}, ADAM_FT),  # code: torch's wd 0.01
+    # final_lr 0.01; code: AdaBound's own lr 1e-3, betas, gamma, eps; fine-tuning final_lr 10x the lr
+    "adabound": ({"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "final_lr": 0.01, "gamma": 1e-3, "eps": 1e-8,
+                  "weight_decay": 0.0}, {**ADAM_FT, "final_lr": 5e-4}),
+    "lars": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "trust_coef": 0.02, "eps": 1e-8}, SGD_FT),
+    "discriminative": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "decay_factor": 2.6}, SGD_FT),
+    "radam": ({"lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 0.0}, ADAM_FT),
+    # eta 1e-4; code: betas (0.9, 0.99) of Chen et al.; fine-tuning lr 1e-5, wd 0.1 (Lion: smaller lr, larger wd)
+    "lion": ({"lr": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0}, {"lr": 1e-5, "weight_decay": 0.1}),
+    "lookahead-adamw": ({"lr": 3e-4, "weight_decay": 0.01, "k": 5, "alpha": 0.5}, ADAM_FT),
+    "sam": ({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 0.05, "adaptive": True}, SGD_FT),
+    "grokfast": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "alpha": 0.98, "lamb": 2.0}, SGD_FT),
+    "stlr-discriminative": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "decay_factor": 2.6, "cut_frac": 0.1,
+                             "ratio": 32.0, "double_decay": False}, SGD_FT),
+    "sam-discriminative": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "decay_factor": 2.6, "rho": 0.05,
+                            "adaptive": True}, SGD_FT),
+    "dals": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4, "trust_coef": 0.02, "trust_min": 0.2, "trust_max": 5.0,
+              "alpha0": 0.6, "warmup_frac": 0.05, "phase_fast": 0.01, "phase_slow": 0.002, "exclude_norm_bias": False},
+             {**SGD_FT, "warmup_frac": 0.1}),
+    "dals-fast": ({"lr": 0.05, "momentum": 0.85, "weight_decay": 1e-4, "trust_coef": 0.02, "trust_min": 0.2,
+                   "trust_max": 5.0, "alpha0": 0.6, "warmup_frac": 0.02, "phase_fast": 0.01, "phase_slow": 0.002,
+                   "exclude_norm_bias": False}, {**SGD_FT, "lr": 1e-3, "warmup_frac": 0.05}),  # 2x the SGD rate
+    # no warmup; code: t0 0 = an eighth of the run (STRATEGIES.md: 10 epochs, or max(3 epochs, 50 steps) for text)
+    "dals-acc": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "trust_coef": 0.02, "trust_min": 0.2,
+                  "trust_max": 5.0, "alpha0": 0.7, "phase_fast": 0.01, "phase_slow": 0.001, "exclude_norm_bias": False,
+                  "t0": 0, "t_mult": 2}, SGD_FT),
+}
+
+
+def spec(name: str, regime: str = "scratch", **hp) -> dict:
+    """The hyperparameters STRATEGIES.md gives ``name`` in ``regime``, with ``hp`` on top."""
+    scratch, finetune = DEFAULTS[name]
+    return {**scratch, **(finetune if regime == "finetune" else {}), **hp}
+
+
+@pytest.mark.parametrize("regime", ["scratch", "finetune"])
+@pytest.mark.parametrize("name", dalsopt.names())
+def test_every_default_is_the_spec(name, regime):
+    want = spec(name, regime)
+    assert dalsopt.resolve(name, regime) == want
+    s = dalsopt.make(name, mlp4(), total_steps=10, regime=regime)
+    assert s.meta["hyperparameters"] == want
+    groups = s.optimizer.param_groups
+    if "momentum" in want and name != "lookahead-adamw":
+        assert {g["momentum"] for g in groups} == {want["momentum"]}
+    assert {g["weight_decay"] for g in groups} == {want["weight_decay"]}
+
+
+def test_the_table_covers_the_18_strategies():
+    assert list(DEFAULTS) == dalsopt.names()
+
+
+# ----------------------------------------------------------------------------------------------------
 # Block grouping and depths
 # ----------------------------------------------------------------------------------------------------
 
@@ -193,7 +259,7 @@ def test_scheduled_sgd_matches_torch_schedulers(name, hp, make_sched):
     model = mlp4()
     grads = make_grads(model, T)
     s = dalsopt.make(name, model, total_steps=T, **hp)
-    full = s.meta["hyperparameters"]
+    full = spec(name, **hp)
     twin, opt = _twin_sgd(model, full["lr"], 0.9, 5e-4)
     sched = make_sched(opt, T)
     want, twin_lrs = [], []
@@ -247,7 +313,7 @@ def test_adabound_matches_reference(hp):
     model = mlp4()
     grads = make_grads(model, T)
     s = dalsopt.make("adabound", model, total_steps=T, **hp)
-    h = s.meta["hyperparameters"]
+    h = spec("adabound", **hp)
     want = ref.adabound(initial(model), grads, [[h["lr"]] * 8] * T, base_lr=h["lr"], beta1=h["beta1"],
                         beta2=h["beta2"], final_lr=h["final_lr"], gamma=h["gamma"], eps=h["eps"],
                         wd=h["weight_decay"])
@@ -277,7 +343,7 @@ def test_lars_matches_reference(hp):
     model = mlp4()
     grads = make_grads(model, T)
     s = dalsopt.make("lars", model, total_steps=T, **hp)
-    h = s.meta["hyperparameters"]
+    h = spec("lars", **hp)
     want = ref.lars(initial(model), grads, [[h["lr"]] * 8] * T, momentum=h["momentum"], wd=h["weight_decay"],
                     trust_coef=h["trust_coef"], eps=h["eps"])
     got, _ = run(s, model, grads)
@@ -318,7 +384,7 @@ def test_lion_matches_reference(hp):
     model = mlp4()
     grads = make_grads(model, T)
     s = dalsopt.make("lion", model, total_steps=T, **hp)
-    h = s.meta["hyperparameters"]
+    h = spec("lion", **hp)
     want = ref.lion(initial(model), grads, [[h["lr"]] * 8] * T, beta1=h["beta1"], beta2=h["beta2"],
                     wd=h["weight_decay"])
     got, _ = run(s, model, grads)
@@ -331,7 +397,7 @@ def test_grokfast_matches_reference(hp):
     model = mlp4()
     grads = make_grads(model, T)
     s = dalsopt.make("grokfast", model, total_steps=T, **hp)
-    h = s.meta["hyperparameters"]
+    h = spec("grokfast", **hp)
     want = ref.grokfast_sgd(initial(model), grads, [[h["lr"]] * 8] * T, alpha=h["alpha"], lamb=h["lamb"],
                             momentum=h["momentum"], wd=h["weight_decay"])
     got, _ = run(s, model, grads)
@@ -402,7 +468,7 @@ def test_sam_two_passes_match_reference(name, adaptive):
     model, data = _sam_problem(steps=T)
     p0 = initial(model)
     s = dalsopt.make(name, model, total_steps=T, adaptive=adaptive)
-    h = s.meta["hyperparameters"]
+    h = spec(name, adaptive=adaptive)
     group = [h["lr"]] * 2 if name == "sam" else [h["lr"] / 2.6, h["lr"]]
     calls = []
     got = []
@@ -488,7 +554,7 @@ def run_dals(name, hp, *, zero_bias=True, zeros=ZERO_GRADS, T=T_DALS, losses=LOS
     model = mlp4(zero_bias=zero_bias)
     grads = make_grads(model, T, zeros=zeros)
     s = dalsopt.make(name, model, total_steps=T, fused=fused, **hp)
-    h = s.meta["hyperparameters"]
+    h = spec(name, **hp)
     sched, alphas = dals_case(name, T, h)
     phases = ref.loss_phases(losses, fast=h["phase_fast"], slow=h["phase_slow"])
     lrs = [h["lr"] * v for v in sched]
@@ -545,17 +611,9 @@ def test_dals_family_no_momentum_matches_reference(name):
     assert_hist(r["got"], r["want"])
 
 
-def test_dals_defaults_are_the_spec():
-    h = dalsopt.resolve("dals")
-    assert (h["lr"], h["momentum"], h["weight_decay"], h["trust_coef"], h["alpha0"], h["warmup_frac"]) == (
-        0.03, 0.9, 1e-4, 0.02, 0.6, 0.05)
-    assert (h["trust_min"], h["trust_max"], h["phase_fast"], h["phase_slow"]) == (0.2, 5.0, 0.01, 0.002)
-    f = dalsopt.resolve("dals-fast")
-    assert (f["lr"], f["momentum"], f["warmup_frac"]) == (0.05, 0.85, 0.02)
-    a = dalsopt.resolve("dals-acc")
-    assert (a["alpha0"], a["weight_decay"], a["phase_slow"], a["t_mult"]) == (0.7, 5e-4, 0.001, 2)
-    assert "warmup_frac" not in a
-    assert dalsopt.resolve("dals", regime="finetune")["warmup_frac"] == 0.1
+def test_dals_acc_has_no_warmup_and_dals_fine_tunes_with_a_longer_one():
+    assert "warmup_frac" not in dalsopt.resolve("dals-acc")
+    assert dalsopt.resolve("dals", regime="finetune")["warmup_frac"] == 0.1 > dalsopt.resolve("dals")["warmup_frac"]
 
 
 def test_dals_lr_is_zero_at_step_zero_and_the_first_step_leaves_weights():

@@ -93,11 +93,23 @@ def test_state_dict_round_trip_is_bit_exact(name):
 
 
 def test_dals_state_dict_carries_phase_and_loss_ema():
+    """The saved detector state is the one the losses imply (by hand: E = 0.95 E + 0.05 L), and the
+    phase follows delta = (E_old - E_new) / E_old through all three phases."""
+    losses = (4.0, 2.0, 3.51, 4.5, 3.0)  # deltas 0, 0.025, 0.005, -0.008, 0.0117
     model = mlp()
     s = dalsopt.make("dals", model, total_steps=20)
-    train(s, model, 5)
-    phase = s.state_dict()["optimizer"]["transforms"]["phase"]
-    assert int(phase["count"]) == 5 and float(phase["ema"]) > 0 and int(phase["phase"]) in (0, 1, 2)
+    phases = []
+    for loss in losses:
+        nn.CrossEntropyLoss()(model(problem()[0]), problem()[1]).backward()
+        s.step(loss=loss)
+        phases.append(int(s.state_dict()["optimizer"]["transforms"]["phase"]["phase"]))
+    ema = losses[0]
+    for loss in losses[1:]:
+        ema = 0.95 * ema + 0.05 * loss
+    state = s.state_dict()["optimizer"]["transforms"]["phase"]
+    assert int(state["count"]) == 5
+    assert float(state["ema"]) == pytest.approx(ema, rel=1e-15)
+    assert phases == [2, 0, 1, 2, 0]
 
 
 @pytest.mark.parametrize(
@@ -214,15 +226,32 @@ def test_exclude_norm_bias_gives_biases_no_decay_and_no_trust():
         assert (g["weight_decay"] == 0.0 and g["trust"] is False) if is_bias else g["weight_decay"] == 1e-4
 
 
-@pytest.mark.parametrize("name", [n for n in dalsopt.names(presets=True) if "@" in n])
+# the shipped presets as tuned (README: tune-dals-cpu, TPE seed 0): what resolve() must give, written out
+DALS_TUNED = {"momentum": 0.9, "trust_min": 0.2, "trust_max": 5.0, "phase_fast": 0.01, "phase_slow": 0.002,
+              "exclude_norm_bias": False}
+PRESETS = {
+    "dals@finetune": ("finetune", {**DALS_TUNED, "lr": 0.1859962872003881, "weight_decay": 0.01,
+                                   "trust_coef": 0.011496929784934084, "alpha0": 0.457239599273618,
+                                   "warmup_frac": 0.1647187380126241}),
+    "dals@scratch": ("scratch", {**DALS_TUNED, "lr": 0.015960926533201702, "weight_decay": 1e-4,
+                                 "trust_coef": 0.09045884683094295, "alpha0": 0.5240652422992339,
+                                 "warmup_frac": 0.12579488543932626}),
+    "stlr-discriminative@double-decay": ("scratch", {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                                                     "decay_factor": 2.6, "cut_frac": 0.1, "ratio": 32.0,
+                                                     "double_decay": True}),
+}
+
+
+def test_the_shipped_presets_are_the_listed_ones():
+    assert [n for n in dalsopt.names(presets=True) if "@" in n] == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_shipped_presets_carry_their_hyperparameters_and_train(name):
-    import json
-
-    from dalsopt import presets
-
-    data = json.loads(presets.path(name).read_text())
-    hp = dalsopt.resolve(name, data["source"].get("regime", "scratch"))
-    assert all(hp[k] == v for k, v in data["hyperparameters"].items())
+    regime, want = PRESETS[name]
+    assert dalsopt.resolve(name, regime) == want
     model = mlp()
-    losses = train(dalsopt.make(name, model, total_steps=60), model, 60)
+    s = dalsopt.make(name, model, total_steps=60, regime=regime)
+    assert s.meta["hyperparameters"] == want and s.meta["preset"] == name
+    losses = train(s, model, 60)
     assert losses[-1] < 0.7 * losses[0]
