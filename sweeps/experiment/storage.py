@@ -66,7 +66,18 @@ def filesystem(folder: str, where: str = "storage") -> tuple[pyarrow.fs.FileSyst
     inner, path = pyarrow.fs.FileSystem.from_uri(folder)
     if isinstance(inner, pyarrow.fs.LocalFileSystem):
         return pyarrow.fs.PyFileSystem(AtomicLocalFiles()), path
-    return pyarrow.fs.PyFileSystem(SweepFiles(inner)), path
+    return pyarrow.fs.PyFileSystem(SweepFiles(_uploads_in_place(inner))), path
+
+
+def _uploads_in_place(fs: pyarrow.fs.FileSystem) -> pyarrow.fs.FileSystem:
+    """S3 with `background_writes=False`: a stream's upload runs in the thread that closes it.
+    Ray copies folders with `pyarrow.fs.copy_files`, whose IO threads call `SweepFiles`; a
+    background upload started from one of them waits for a free IO thread, and with all of them
+    waiting so (seen: 8 state files at once) the copy never ends."""
+    if isinstance(fs, pyarrow.fs.S3FileSystem):
+        rebuild, (options,) = fs.__reduce__()
+        return rebuild({**options, "background_writes": False})
+    return fs
 
 
 def storage_filesystem(storage_path: str) -> pyarrow.fs.FileSystem:

@@ -21,6 +21,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # traceback on the terminal.
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    keep_credentials_home()
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
@@ -31,6 +32,17 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         # before Ray sets OMP_NUM_THREADS for the trial, and two trials on two cores would each
         # run two threads (measured: 4x slower epochs).
         ray.init(include_dashboard=False, num_cpus=num_cpus, **kwargs)
+
+
+def keep_credentials_home() -> None:
+    """Stop Ray Tune copying the driver's AWS keys into every trial actor's runtime env: Ray's
+    runtime-env agent logs that env in full (the session logs) and the state API shows it. Trial
+    workers read the keys where the driver does: a local Ray's workers inherit this process's
+    environment, a cluster's nodes have their own (instance profile, a secret, their environment)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE -= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                          "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
 
 
 def scheduler(asha: Asha, max_t: int):
