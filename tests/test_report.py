@@ -159,7 +159,7 @@ def test_a_validation_ranked_table_shows_the_test_split_beside_it(tmp_path):
 
 
 def test_curve_stats_are_mean_and_std_over_seeds():
-    from sweeps.report.tables import curve_stats
+    from sweeps.report.curves import curve_stats
 
     frame = epochs_frame()
     stats = curve_stats(frame[frame["dataset"] == "ds1"], "eval_accuracy").set_index(["strategy", "epoch"])
@@ -177,7 +177,7 @@ def test_curve_stats_are_mean_and_std_over_seeds():
 
 
 def test_log_epoch_axis_only_where_the_first_epochs_hold_the_change():
-    from sweeps.report.tables import early_action, epoch_ticks
+    from sweeps.report.curves import early_action, epoch_ticks
 
     def stats(curve):
         return pd.DataFrame({"strategy": "s", "epoch": range(1, len(curve) + 1), "mean": curve})
@@ -187,6 +187,22 @@ def test_log_epoch_axis_only_where_the_first_epochs_hold_the_change():
     assert not early_action(stats([0.5 + 0.02 * e for e in range(20)]))  # steady: linear axis
     assert not early_action(stats(fast[:6]))  # too few epochs to bother
     assert epoch_ticks(15) == [1, 2, 5, 10, 15] and epoch_ticks(80) == [1, 2, 5, 10, 20, 50, 80]
+
+
+def test_value_axis_spreads_curves_that_end_close_together():
+    """Accuracies that rise from 0.5 and all end within a point of 0.98 get a logit axis (0.98 and
+    0.99 apart, 0.5 still shown); losses falling over decades a log axis; spread-out ends a linear one."""
+    from sweeps.report.curves import value_scale, value_ticks
+
+    def stats(finals, start):
+        return pd.DataFrame([{"strategy": f"s{i}", "epoch": e, "mean": start + (f - start) * (1 - math.exp(-e))}
+                             for i, f in enumerate(finals) for e in range(1, 21)])
+
+    close = stats([0.981, 0.985, 0.989], start=0.5)
+    assert value_scale(close, "eval_accuracy") == "logit"
+    assert value_ticks("logit", 0.5, 0.989) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99]
+    assert value_scale(stats([0.04, 0.05], start=2.0), "eval_loss") == "log"
+    assert value_scale(stats([0.6, 0.8, 0.95], start=0.5), "eval_accuracy") == "linear"
 
 
 def many_strategies(epochs: int = 15, seeds: int = 3) -> pd.DataFrame:
@@ -224,7 +240,7 @@ def test_many_strategies_get_one_panel_per_generation_with_bands(tmp_path, drawn
     import dalsopt
     from matplotlib.collections import PolyCollection
 
-    from sweeps.report.tables import plot_curves
+    from sweeps.report.curves import plot_curves
 
     df = many_strategies()
     files = plot_curves(df, "eval_accuracy", tmp_path)
@@ -249,7 +265,7 @@ def test_many_strategies_get_one_panel_per_generation_with_bands(tmp_path, drawn
 def test_few_strategies_share_one_panel_and_one_seed_draws_no_band(tmp_path, drawn):
     from matplotlib.collections import PolyCollection
 
-    from sweeps.report.tables import plot_curves
+    from sweeps.report.curves import plot_curves
 
     df = many_strategies(epochs=5, seeds=1)
     df = df[df["strategy"].isin(["sgd", "adam", "dals"])]

@@ -18,6 +18,7 @@ from sweeps.experiment.folder import PARAMS_FILE, read_meta, spec_copy
 from sweeps.experiment.resume import TrialFolder
 from sweeps.experiment.storage import filesystem, subfolders
 from sweeps.redact import redact
+from sweeps.report.curves import plot_curves
 from sweeps.spec.sweep import Spec, SpecError
 from sweeps.train.status import TrialStatus, final_status
 
@@ -144,126 +145,7 @@ def regime_winners(ranked: pd.DataFrame, mode: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ----------------------------------------------------------------------------- plots and Markdown
-
-
-SINGLE_PANEL_MAX = 8  # strategies one panel shows legibly; more are split by generation
-EARLY_SHARE = 0.8  # a log epoch axis when curves cover this share of their change in the first quarter
-
-
-def curve_stats(group: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (generation, strategy, epoch): mean, std and count of the metric over seeds (a diverged
-    seed's blanked epochs left out)."""
-    stats = group.groupby(["generation", "strategy", "epoch"])[metric].agg(["mean", "std", "count"])
-    return stats.dropna(subset=["mean"]).reset_index()
-
-
-def early_action(stats: pd.DataFrame) -> bool:
-    """Whether most of the curves' change happens in the first quarter of the epochs (then a log
-    epoch axis shows it): the median strategy covers `EARLY_SHARE` of its first-to-last change by then."""
-    last_epoch = stats["epoch"].max()
-    if last_epoch < 8:
-        return False
-    shares = []
-    for _, s in stats.groupby("strategy"):
-        s = s.sort_values("epoch")
-        span = s["mean"].iloc[-1] - s["mean"].iloc[0]
-        early = s[s["epoch"] <= last_epoch / 4]
-        if len(early) and abs(span) > 1e-9:
-            shares.append((early["mean"].iloc[-1] - s["mean"].iloc[0]) / span)
-    return bool(shares) and float(pd.Series(shares).median()) >= EARLY_SHARE
-
-
-def epoch_ticks(last: int) -> list[int]:
-    """Whole-epoch ticks for a log axis: 1, 2, 5, 10, 20, 50... up to the last epoch, and it."""
-    ticks = [t for t in (m * 10 ** k for k in range(6) for m in (1, 2, 5)) if t < last * 0.8]
-    return ticks + [last]
-
-
-def _draw(ax, s: pd.DataFrame, color, label: str, band: bool) -> None:
-    ax.plot(s["epoch"], s["mean"], color=color, lw=1.8, marker="." if len(s) <= 20 else None, label=label,
-            zorder=3)
-    if band and s["std"].notna().any():
-        std = s["std"].fillna(0)
-        ax.fill_between(s["epoch"], s["mean"] - std, s["mean"] + std, color=color, alpha=0.18, lw=0)
-
-
-def plot_curves(df: pd.DataFrame, metric: str, out_dir: Path, mode: str = "max") -> dict[str, Path]:
-    """One PNG per dataset: the metric per epoch, each strategy's mean over seeds with a ±1 std
-    band. Up to `SINGLE_PANEL_MAX` strategies share one panel; more get one panel per generation,
-    the other generations' means drawn in grey behind for scale. The epoch axis is logarithmic
-    when most of the change happens in the first epochs (`early_action`). `mode` says which final
-    value is best (legend order, the dashed mark to beat)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
-    files = {}
-    for dataset, group in df[df["epoch"] > 0].groupby("dataset"):
-        if metric not in group or group[metric].isna().all():
-            continue
-        stats = curve_stats(group, metric)
-        per = {k: s.sort_values("epoch") for k, s in stats.groupby(["generation", "strategy"])}
-        seeds = int(group["seed"].nunique())
-        band = seeds > 1
-        gens = sorted({int(g) for g, _ in per})
-        split = len(per) > SINGLE_PANEL_MAX and len(gens) > 1
-        panels = gens if split else [None]
-        ncols = min(3, len(panels))
-        nrows = -(-len(panels) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 0.6, 3.6 * nrows + 0.9), dpi=110,
-                                 sharex=True, sharey=True, squeeze=False)
-        log_x = early_action(stats)
-        diverged = group[group["status"] == "diverged"].groupby("strategy")["seed"].nunique()
-        sign = -1 if mode == "max" else 1  # sorts the best final mean first
-        best = min(per.items(), key=lambda kv: sign * kv[1]["mean"].iloc[-1])
-        for ax, gen in zip(axes.flat, panels):
-            mine = [(k, s) for k, s in per.items() if gen is None or int(k[0]) == gen]
-            if gen is not None:  # the rest, for scale, and the best of all as the mark to beat
-                for k, s in per.items():
-                    if int(k[0]) != gen:
-                        ax.plot(s["epoch"], s["mean"], color="0.8", lw=0.8, zorder=1)
-                if int(best[0][0]) != gen:
-                    ax.plot(best[1]["epoch"], best[1]["mean"], color="0.2", lw=1.1, ls="--", zorder=2,
-                            label=f"best: {best[0][1]} {best[1]['mean'].iloc[-1]:.3f}")
-                ax.set_title(f"gen{gen}", fontsize=10, loc="left")
-            palette = plt.cm.tab10.colors if len(mine) <= 10 else plt.cm.tab20.colors
-            finals = sorted(mine, key=lambda kv: sign * kv[1]["mean"].iloc[-1])  # legend: best first
-            for i, ((g, strategy), s) in enumerate(finals):
-                label = (f"{strategy} {s['mean'].iloc[-1]:.3f}" + ("" if split or len(gens) == 1 else f" (gen{int(g)})")
-                         + (f", {diverged[strategy]} diverged" if strategy in diverged else ""))
-                _draw(ax, s, palette[i % len(palette)], label, band)
-            ax.grid(alpha=0.3)
-            handles, labels = ax.get_legend_handles_labels()
-            order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("best: "))
-            ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="best",
-                      framealpha=0.7, title=f"final {metric}", title_fontsize=7)
-            if log_x:
-                ax.set_xscale("log")
-                ax.xaxis.set_major_locator(FixedLocator(epoch_ticks(int(stats["epoch"].max()))))
-                ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
-                ax.xaxis.set_minor_locator(NullLocator())
-        for ax in axes.flat[len(panels):]:
-            ax.set_visible(False)
-        for ax in axes[-1]:
-            ax.set_xlabel("epoch" + (" (log scale)" if log_x else ""))
-        for ax in axes[:, 0]:
-            ax.set_ylabel(metric)
-        spread = f"mean ± std over {seeds} seeds" if band else "1 seed"
-        fig.suptitle(f"{dataset}: {metric} per epoch ({spread}"
-                     + ("; grey: the other generations)" if split else ")"), fontsize=11)
-        fig.tight_layout()
-        path = out_dir / f"curves-{_file_safe(dataset)}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        files[dataset] = path
-    return files
-
-
-def _file_safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+# ----------------------------------------------------------------------------- Markdown (the curves: sweeps.report.curves)
 
 
 def _num(x: float, digits: int = 4) -> str:
