@@ -29,6 +29,8 @@ def test_local_storage_is_refused_for_a_remote_cluster_only(monkeypatch, tmp_pat
     check_storage_for_address("dals-runs", "http://127.0.0.1:8265")
     check_storage_for_address("s3://bucket/runs", REMOTE)
     check_storage_for_address("gs://bucket/runs", REMOTE)
+    with pytest.raises(ValueError, match=r"^storage: '/data/runs' is a local path"):
+        check_storage_for_address("file:///data/runs", REMOTE)  # a file:// URI is a local path too
     with pytest.raises(ValueError, match=r"^storage: 'dals-runs' is a local path.*--shared-storage") as err:
         check_storage_for_address("dals-runs", REMOTE)
     assert "\n" not in str(err.value)

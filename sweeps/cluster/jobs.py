@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
 KINDS = ("sweep", "tune")
-SPEC_DIR = ".dals-job"  # in the working dir, while it is uploaded: <submission id>/<spec file>
+# in the working dir while it is uploaded: <submission id>/<spec file>. Not in .gitignore: Ray's
+# working_dir upload leaves out what .gitignore names
+SPEC_DIR = ".dals-job"
 JOB_COMMAND = "job"  # `python -m sweeps.cli.main job KIND SPEC_NAME ...`: the job's side
 ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

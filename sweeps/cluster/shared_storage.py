@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sweeps.experiment.storage import is_local_path
+
 SHARED_ENV = "DALS_SHARED_STORAGE"  # os.pathsep-separated folders mounted on every node
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1", "0.0.0.0"})
 LOCAL_ADDRESSES = frozenset({"local", "auto"})
@@ -36,8 +38,10 @@ def check_storage_for_address(storage_path: str, address: str | None, shared: It
     """ValueError (one line) when a remote cluster would get a node-local `storage_path`.
     `multi_host`: the cluster is known to span machines even though its address looks local
     (a dashboard reached through an SSH tunnel, `ray dashboard cluster.yaml`)."""
-    if "://" in storage_path or not (multi_host or is_remote_address(address)):
+    if not is_local_path(storage_path) or not (multi_host or is_remote_address(address)):
         return
+    if "://" in storage_path:  # file:///mnt/shared/runs: a local path too
+        storage_path = urlsplit(storage_path).path
     path = Path(storage_path).expanduser().absolute()
     if any(path == root or root in path.parents for root in declared_shared(shared)):
         return

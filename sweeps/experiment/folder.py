@@ -18,6 +18,7 @@ from typing import Any
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps.experiment.storage import delete_dir, filesystem, join, read_text, write_text
+from sweeps.redact import redact
 from sweeps.spec.loader import parse_yaml
 from sweeps.spec.sweep import Spec, SpecError, load_spec, parse_spec
 
@@ -69,7 +70,9 @@ def start_or_resume(spec: Spec, spec_file: Path, fresh: bool) -> tuple[SweepMeta
         tracking_uri=spec.tracking_uri() if spec.tracking.enabled else None,
         experiment=spec.experiment(), metric=spec.metric, mode=spec.mode, created=time.time(),
     )
-    write_text(folder, SPEC_COPY, spec_file.read_text())
+    # URI fields hold no credentials (spec validation refuses them); free text (a description)
+    # might: the copy, kept in the storage, is masked like every other copy meant for people
+    write_text(folder, SPEC_COPY, redact(spec_file.read_text()))
     write_text(folder, META_FILE, json.dumps(asdict(meta), indent=2))
     return meta, False
 
