@@ -17,6 +17,7 @@ __all__ = [
     "WarmRestarts",
     "SlantedTriangular",
     "Scaled",
+    "PerEpoch",
 ]
 
 
@@ -86,18 +87,29 @@ class WarmRestarts:
 @dataclass(frozen=True)
 class SlantedTriangular:
     """STLR (Howard and Ruder 2018), AllenNLP's form: a short linear rise over ``cut = floor(cut_frac T)``
-    steps, then a long linear decay; the multiplier runs from 1/ratio to 1 and back."""
+    steps, then a long linear decay; the multiplier runs from 1/ratio to 1 and back.
+
+    ``ulmfit=True`` is the paper's eq. 3 as the authors' ``STLRScheduler`` computes it: ``cut = max(1,
+    floor(cut_frac T))`` and the decay spans ``cut (1/cut_frac - 1)`` steps, which equals ``T - cut`` only
+    when ``cut_frac T`` is whole (T = 15: a span of 9, not 14, so the rate is back at 1/ratio by step 10).
+    """
 
     total: int
     cut_frac: float = 0.1
     ratio: float = 32.0
+    ulmfit: bool = False
 
     def __call__(self, step: int) -> float:
         cut = math.floor(self.cut_frac * self.total)
+        if self.ulmfit:
+            cut = max(1, cut)
+            span = cut * (1.0 / self.cut_frac - 1.0) if self.cut_frac > 0 else self.total - cut
+        else:
+            span = self.total - cut
         if step < cut:
             p = step / cut
         else:
-            p = 1.0 - (step - cut) / max(1, self.total - cut)
+            p = 1.0 - (step - cut) / max(1, span)
         p = max(0.0, p)
         return (1.0 + (self.ratio - 1.0) * p) / self.ratio
 
@@ -112,3 +124,18 @@ class Scaled:
 
     def __call__(self, step: int) -> float:
         return self.factor * self.inner(step)  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class PerEpoch:
+    """Another schedule stepped once per epoch, the way the authors' training loop drives its STLR: it
+    calls the scheduler ``steps_per_epoch`` times after each epoch, so the rate holds for a whole epoch,
+    epoch ``e >= 1`` at ``inner(e * steps_per_epoch)``; epoch 0 runs before the first scheduler call, at
+    the param groups' own rates (multiplier 1, whatever ``inner(0)`` is)."""
+
+    inner: object
+    steps_per_epoch: int
+
+    def __call__(self, step: int) -> float:
+        epoch = step // self.steps_per_epoch
+        return 1.0 if epoch == 0 else self.inner(epoch * self.steps_per_epoch)  # type: ignore[operator]

@@ -21,7 +21,7 @@ from .dals import DALS_DEFAULTS, build_dals, build_dals_acc, build_dals_fast
 from .filters import GrokfastEMA
 from .groups import Block, Grouping, blocks as make_blocks
 from .param_groups import discriminative, param_groups
-from .schedules import Cosine, Scaled, SlantedTriangular, WarmRestarts
+from .schedules import Cosine, PerEpoch, Scaled, SlantedTriangular, WarmRestarts
 from .transforms import AdaBoundStep, CoupledDecay, DecoupledDecay, LionSign, Momentum
 from .trust import LarsScale
 from .wrappers import SAM, Lookahead
@@ -90,16 +90,29 @@ def build_discriminative(blocks, hp, total):
     return _sgd(blocks, hp, _disc(hp)), None
 
 
-def build_stlr(blocks, hp, total):
+def build_stlr(blocks, hp, total, steps_per_epoch=None):
     """ULMFiT: discriminative groups + slanted triangular schedule. ``double_decay`` reproduces the
-    authors' code, whose scheduler applies the 2.6^-k factor a second time."""
+    authors' code, whose scheduler applies the 2.6^-k factor a second time. ``per_epoch`` reproduces how
+    their loop steps it: once per epoch (``schedules.PerEpoch``), with their STLR arithmetic (ULMFiT's
+    eq. 3), still over the run's T optimizer steps, sampled at each epoch's first step.
+
+    Steps, not epochs, because their ``STLRScheduler`` gets T = total steps and their loop calls it
+    ``steps_per_epoch`` times after each epoch (CodeOfMe/LearningRate, codes/Test_All.py). Over 10, 50 or
+    80 epochs (the paper's budgets) that is, after epoch 0, the schedule over epochs (T = E epochs, t = the
+    epoch index, cut = floor(0.1 E)). Below 10 epochs an epoch-unit cut floor(0.1 E) would be 0, i.e. no
+    rise at all (p = 1 - e/E); theirs is max(1, floor(0.1 E spe)) steps, inside epoch 0, so the peak is
+    never sampled: 3 epochs x 5 steps run at 1 (epoch 0, unscheduled), s(5) = (1 + 31 * 5/9)/32, s(10) =
+    1/32, times 2.6^-k with ``double_decay``."""
     opt = _sgd(blocks, hp, _disc(hp))
-    stlr = SlantedTriangular(total, hp["cut_frac"], hp["ratio"])
-    if not hp["double_decay"]:
+    stlr = SlantedTriangular(total, hp["cut_frac"], hp["ratio"], ulmfit=hp["per_epoch"])
+    if not (hp["double_decay"] or hp["per_epoch"]):
         return opt, stlr
     factor = _disc(hp)
     by_block = {b.index: factor(b, len(blocks)) for b in blocks}
-    return opt, [Scaled(stlr, by_block[g["block"]]) for g in opt.param_groups]
+    schedules = [Scaled(stlr, by_block[g["block"]]) if hp["double_decay"] else stlr for g in opt.param_groups]
+    if hp["per_epoch"]:
+        schedules = [PerEpoch(s, steps_per_epoch) for s in schedules]
+    return opt, schedules
 
 
 def build_sam(blocks, hp, total, factor=None):
@@ -133,6 +146,7 @@ class Entry:
     defaults: dict
     finetune: dict = field(default_factory=dict)
     fusable: bool = False  # the builder takes fused=True (one compiled update per tensor)
+    epochs: bool = False  # the builder takes steps_per_epoch= (a schedule that can step once per epoch)
 
     def hyperparameters(self, regime: str) -> dict:
         return {**self.defaults, **(self.finetune if regime == "finetune" else {})}
@@ -157,7 +171,7 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("sam", "SAM", 5, build_sam, dict(SGD, rho=0.05, adaptive=True), SGD_FT),
     Entry("grokfast", "Grokfast", 5, build_grokfast, dict(SGD, lr=0.03, alpha=0.98, lamb=2.0), SGD_FT),
     Entry("stlr-discriminative", "STLR + Discriminative (ULMFiT)", 5, build_stlr,
-          dict(DISC, cut_frac=0.1, ratio=32.0, double_decay=False), SGD_FT),
+          dict(DISC, cut_frac=0.1, ratio=32.0, double_decay=False, per_epoch=False), SGD_FT, epochs=True),
     Entry("sam-discriminative", "SAM + Discriminative", 6, build_sam_discriminative,
           dict(DISC, rho=0.05, adaptive=True), SGD_FT),
     Entry("dals", "DALS", 6, build_dals, DALS_DEFAULTS, dict(SGD_FT, warmup_frac=0.1), fusable=True),
@@ -261,10 +275,13 @@ class Strategy:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
+        """Tensors and primitives only (loads with ``torch.load(weights_only=True)``): the schedules are
+        pure functions that ``make`` rebuilds from the hyperparameters, so the scheduler's copy of them
+        (``LambdaLR`` saves a nested schedule as an object, e.g. double decay's ``Scaled``) is left out."""
         return {
             "strategy": self.name,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scheduler": None if self.scheduler is None else _without_lambdas(self.scheduler.state_dict()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -275,6 +292,11 @@ class Strategy:
             self.scheduler.load_state_dict(state["scheduler"])
 
 
+def _without_lambdas(state: dict) -> dict:
+    """``LambdaLR``'s state with ``lr_lambdas`` as ``None`` entries, which its ``load_state_dict`` skips."""
+    return {**state, "lr_lambdas": [None] * len(state.get("lr_lambdas", []))}
+
+
 def make(
     name: str,
     model: nn.Module | Iterable[torch.Tensor],
@@ -283,6 +305,7 @@ def make(
     regime: str = "scratch",
     grouping: Grouping = "auto",
     fused: bool = False,
+    steps_per_epoch: int | None = None,
     **hp: Any,
 ) -> Strategy:
     """Build strategy ``name`` for ``model`` over ``total_steps`` optimizer steps.
@@ -291,18 +314,30 @@ def make(
     (see ``dalsopt.groups``), and ``hp`` overrides any default hyperparameter of the strategy.
     ``fused=True`` (the DALS family) runs the step as one compiled update per tensor: the same maths and
     ``state_dict``, faster; the first step compiles it (``torch.compile``, cached on disk).
+    ``steps_per_epoch``: what schedules that step once per epoch need (``per_epoch=True``, e.g.
+    ``stlr-discriminative@authors``); the others ignore it.
     """
     spec = entry(name)
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
+    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                                        or not 1 <= steps_per_epoch <= total_steps):
+        raise ValueError(f"steps_per_epoch must be a whole number in [1, total_steps={total_steps}] or None, "
+                         f"got {steps_per_epoch!r}")
     if fused and not spec.fusable:
         fusable = ", ".join(e.id for e in REGISTRY if e.fusable)
         raise ValueError(f"fused=True is available for {fusable}, not {spec.id!r}")
     full = resolve(name, regime, **hp)
+    if full.get("per_epoch") and steps_per_epoch is None:
+        raise ValueError(f"{name!r} steps its schedule once per epoch (per_epoch=True): "
+                         "pass steps_per_epoch= to dalsopt.make")
     blocks = make_blocks(model, grouping)
-    optimizer, schedule = spec.build(blocks, full, total_steps, **({"fused": True} if fused else {}))
+    options = {"fused": True} if fused else {}
+    if spec.epochs:
+        options["steps_per_epoch"] = steps_per_epoch
+    optimizer, schedule = spec.build(blocks, full, total_steps, **options)
     scheduler = None if schedule is None else LambdaLR(optimizer, schedule)
     meta = {"id": spec.id, "name": spec.name, "generation": spec.generation, "regime": regime,
             "preset": name if "@" in name else None, "hyperparameters": full, "blocks": len(blocks),
-            "fused": fused}
+            "fused": fused, "steps_per_epoch": steps_per_epoch}
     return Strategy(name, optimizer, scheduler, spec.generation, meta)

@@ -63,6 +63,22 @@ def slanted_triangular(t: int, total: int, cut_frac: float = 0.1, ratio: float =
     return (1.0 + (ratio - 1.0) * p) / ratio
 
 
+def authors_stlr(epoch: int, steps_per_epoch: int, epochs: int, cut_frac: float = 0.1,
+                 ratio: float = 32.0) -> float | None:
+    """The authors' STLR multiplier during epoch ``epoch`` (from 0) as their loop drives it
+    (CodeOfMe/LearningRate: ``STLRScheduler(opt, T=total_steps)``, called ``steps_per_epoch`` times after
+    each epoch). None during epoch 0: not called yet, the groups keep their own rates. Epoch e >= 1 after
+    t = e spe calls, T = epochs spe: cut = max(1, floor(cut_frac T)); p = t/cut if t < cut, else
+    1 - (t - cut)/(cut (1/cut_frac - 1)) (ULMFiT's eq. 3); p clipped to [0, 1]; s = (1 + (ratio-1) p)/ratio."""
+    if epoch == 0:
+        return None
+    t, total = epoch * steps_per_epoch, epochs * steps_per_epoch
+    cut = max(1, int(total * cut_frac))
+    p = t / cut if t < cut else 1.0 - (t - cut) / (cut * (1.0 / cut_frac - 1.0))
+    p = min(1.0, max(0.0, p))
+    return (1.0 + p * (ratio - 1.0)) / ratio
+
+
 def discriminative_factor(block: int, count: int, decay: float = 2.6) -> float:
     """eta_l = eta / decay^(L-1-l)."""
     return 1.0 / decay ** (count - 1 - block)

@@ -118,8 +118,9 @@ DEFAULTS = {
     "lookahead-adamw": ({"lr": 3e-4, "weight_decay": 0.01, "k": 5, "alpha": 0.5}, ADAM_FT),
     "sam": ({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 0.05, "adaptive": True}, SGD_FT),
     "grokfast": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "alpha": 0.98, "lamb": 2.0}, SGD_FT),
+    # code: per_epoch False (True: the authors' once-per-epoch stepping, the preset stlr-discriminative@authors)
     "stlr-discriminative": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "decay_factor": 2.6, "cut_frac": 0.1,
-                             "ratio": 32.0, "double_decay": False}, SGD_FT),
+                             "ratio": 32.0, "double_decay": False, "per_epoch": False}, SGD_FT),
     "sam-discriminative": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "decay_factor": 2.6, "rho": 0.05,
                             "adaptive": True}, SGD_FT),
     "dals": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4, "trust_coef": 0.02, "trust_min": 0.2, "trust_max": 5.0,
@@ -446,6 +447,55 @@ def test_stlr_discriminative_per_group_rate_at_every_step(double_decay):
     assert lrs[5][3] == pytest.approx(0.05) and lrs[0][3] == pytest.approx(0.05 / 32)
     assert lrs[5][0] == pytest.approx(0.05 * 2.6 ** (-3 * power))
     assert_hist(got, want)
+
+
+@pytest.mark.parametrize("epochs, spe", [(10, 7), (3, 5), (4, 3)])
+def test_stlr_authors_rate_of_every_block_is_the_authors_per_epoch_sequence(epochs, spe):
+    """stlr-discriminative@authors: double decay, the rate held per epoch as the authors' loop steps it."""
+    T = epochs * spe
+    model = mlp4()
+    grads = make_grads(model, T)
+    s = dalsopt.make("stlr-discriminative@authors", model, total_steps=T, steps_per_epoch=spe)
+    group = []
+    for t in range(T):
+        m = ref.authors_stlr(t // spe, spe, epochs)
+        f = [ref.discriminative_factor(b, 4, 2.6) for b in range(4)]
+        group.append([0.05 * fb * (1.0 if m is None else fb * m) for fb in f])  # 2.6^-k, then eta_max s
+    want = ref.sgd(initial(model), grads, per_tensor(group), momentum=0.9, wd=5e-4)
+    got, lrs = run(s, model, grads)
+    assert_lrs(lrs, group)
+    for e in range(epochs):  # one rate per block and epoch
+        assert all(lrs[t] == lrs[e * spe] for t in range(e * spe, (e + 1) * spe))
+    assert lrs[0] == pytest.approx([0.05 / 2.6**3, 0.05 / 2.6**2, 0.05 / 2.6, 0.05])  # epoch 0: once decayed
+    assert_hist(got, want)
+
+
+def test_stlr_authors_spot_values():
+    """Written out: 10 x 7 peaks at epoch 1 (cut = 7 steps) and falls by 1/9 per epoch; 3 x 5 has
+    cut = 1 step (floor(1.5)) inside epoch 0, so epoch 1 is already on the decay and epoch 2 at the floor."""
+    top = lambda e, epochs, spe: ref.authors_stlr(e, spe, epochs)  # noqa: E731
+    assert [top(e, 10, 7) for e in (1, 2, 9)] == pytest.approx([1.0, (1 + 31 * 8 / 9) / 32, (1 + 31 / 9) / 32])
+    assert [top(e, 3, 5) for e in (1, 2)] == pytest.approx([(1 + 31 * 5 / 9) / 32, 1 / 32])
+    model = mlp4()
+    s = dalsopt.make("stlr-discriminative@authors", model, total_steps=15, steps_per_epoch=5)
+    _, lrs = run(s, model, make_grads(model, 15))
+    assert lrs[4][3] == 0.05 and lrs[5][3] == pytest.approx(0.05 * (1 + 31 * 5 / 9) / 32)
+    assert lrs[9][0] == pytest.approx(0.05 * 2.6 ** -6 * (1 + 31 * 5 / 9) / 32)
+    assert lrs[10] == pytest.approx([0.05 * 2.6 ** (-2 * k) / 32 for k in (3, 2, 1, 0)])
+
+
+def test_stlr_discriminative_itself_still_steps_per_step_whatever_steps_per_epoch():
+    T, spe = 50, 7
+    model_a, model_b = mlp4(), mlp4()
+    grads = make_grads(model_a, T)
+    got_a, seen_a = run(dalsopt.make("stlr-discriminative", model_a, total_steps=T), model_a, grads)
+    got, seen = run(dalsopt.make("stlr-discriminative", model_b, total_steps=T, steps_per_epoch=spe), model_b, grads)
+    assert seen == seen_a
+    assert_hist(got, got_a, rtol=0, atol=0)
+    want = [[0.05 * ref.discriminative_factor(l, 4, 2.6) * ref.slanted_triangular(t, T) for l in range(4)]
+            for t in range(T)]
+    assert_lrs(seen, want)
+    assert seen[1] != seen[2]  # changes within the first epoch
 
 
 def _sam_problem(seed=0, steps=8):

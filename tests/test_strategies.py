@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -68,22 +69,32 @@ def test_every_strategy_lowers_the_loss_of_a_tiny_model(name):
     assert min(losses[-5:]) < 0.5 * losses[0], (name, losses[0], losses[-5:])
 
 
-@pytest.mark.parametrize("name", NAMES)
+def _through_disk(state: dict) -> dict:
+    """What a trial checkpoint gives back: torch.save, then torch.load(weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("name", NAMES + ["stlr-discriminative@double-decay", "stlr-discriminative@authors"])
 def test_state_dict_round_trip_is_bit_exact(name):
-    """k steps, save, load into a fresh model + strategy, n more == k + n uninterrupted steps."""
+    """k steps, save, load into a fresh model + strategy, n more == k + n uninterrupted steps; the state
+    goes through torch.load(weights_only=True), as a trial's checkpoint does."""
     k, n, total = 7, 9, 16
+    options = {"steps_per_epoch": 4}  # the resume lands inside an epoch (step 7 of 4-step epochs)
     model_a = mlp()
-    a = dalsopt.make(name, model_a, total_steps=total)
+    a = dalsopt.make(name, model_a, total_steps=total, **options)
     train(a, model_a, k + n)
 
     model_b = mlp()
-    b = dalsopt.make(name, model_b, total_steps=total)
+    b = dalsopt.make(name, model_b, total_steps=total, **options)
     train(b, model_b, k)
-    saved_model, saved_strategy = copy.deepcopy(model_b.state_dict()), copy.deepcopy(b.state_dict())
+    saved_model, saved_strategy = copy.deepcopy(model_b.state_dict()), _through_disk(b.state_dict())
     train(b, model_b, 3)  # the original goes on: the checkpoint must not alias live state
 
     model_c = mlp(seed=123)
-    c = dalsopt.make(name, model_c, total_steps=total)
+    c = dalsopt.make(name, model_c, total_steps=total, **options)
     model_c.load_state_dict(saved_model)
     c.load_state_dict(saved_strategy)
     train(c, model_c, n)
@@ -173,6 +184,12 @@ def test_finetune_regime_and_overrides():
         (dict(name="dals-acc", t0=2.5), "must be a whole number"),
         (dict(name="dals", exclude_norm_bias="yes"), "must be true or false"),
         (dict(name="dals", regime="pretrain"), "unknown regime 'pretrain'"),
+        (dict(name="stlr-discriminative@authors"), "steps its schedule once per epoch (per_epoch=True): pass steps_per_epoch="),
+        (dict(name="stlr-discriminative", per_epoch=True), "'stlr-discriminative' steps its schedule once per epoch"),
+        (dict(name="stlr-discriminative", steps_per_epoch=0), "steps_per_epoch must be a whole number in [1, total_steps=10]"),
+        (dict(name="sgd", steps_per_epoch=11), "steps_per_epoch must be a whole number in [1, total_steps=10]"),
+        (dict(name="sgd", steps_per_epoch=2.5), "got 2.5"),
+        (dict(name="sgd", steps_per_epoch=True), "got True"),
     ],
 )
 def test_bad_input_is_a_one_line_value_error(kwargs, message):
@@ -238,7 +255,10 @@ PRESETS = {
                                  "warmup_frac": 0.12579488543932626}),
     "stlr-discriminative@double-decay": ("scratch", {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                                                      "decay_factor": 2.6, "cut_frac": 0.1, "ratio": 32.0,
-                                                     "double_decay": True}),
+                                                     "double_decay": True, "per_epoch": False}),
+    "stlr-discriminative@authors": ("scratch", {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                                                "decay_factor": 2.6, "cut_frac": 0.1, "ratio": 32.0,
+                                                "double_decay": True, "per_epoch": True}),
 }
 
 
@@ -251,7 +271,7 @@ def test_shipped_presets_carry_their_hyperparameters_and_train(name):
     regime, want = PRESETS[name]
     assert dalsopt.resolve(name, regime) == want
     model = mlp()
-    s = dalsopt.make(name, model, total_steps=60, regime=regime)
+    s = dalsopt.make(name, model, total_steps=60, regime=regime, steps_per_epoch=6)
     assert s.meta["hyperparameters"] == want and s.meta["preset"] == name
     losses = train(s, model, 60)
     assert losses[-1] < 0.7 * losses[0]

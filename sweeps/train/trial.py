@@ -70,7 +70,7 @@ class Trial:
         self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.strategy = dalsopt.make(cfg.strategy, self.model, total_steps=self.total_steps,
-                                     regime=cfg.regime, **cfg.hp)
+                                     steps_per_epoch=self.steps_per_epoch, regime=cfg.regime, **cfg.hp)
         self._block_groups = _bottom_top(self.strategy.optimizer.param_groups)
         self.history: list[dict[str, Any]] = []
 
