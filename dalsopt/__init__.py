@@ -12,8 +12,9 @@ from .chain import Chain
 from .groups import block_names, blocks
 from .loss import global_mean, observe_loss
 from .phase import MissingLossWarning
-from .strategies import GENERATIONS, REGISTRY, Strategy, entry, make, names, resolve
+from .spaces import Around, Dim
+from .strategies import GENERATIONS, REGISTRY, Strategy, entry, make, names, resolve, search_space
 
-__all__ = ["make", "names", "resolve", "entry", "Strategy", "REGISTRY", "GENERATIONS", "Chain", "blocks",
-           "block_names", "observe_loss", "global_mean", "MissingLossWarning"]
+__all__ = ["make", "names", "resolve", "entry", "search_space", "Dim", "Around", "Strategy", "REGISTRY", "GENERATIONS",
+           "Chain", "blocks", "block_names", "observe_loss", "global_mean", "MissingLossWarning"]
 __version__ = "0.1.0"

@@ -21,12 +21,13 @@ from .dals import DALS_DEFAULTS, build_dals, build_dals_acc, build_dals_fast
 from .filters import GrokfastEMA
 from .groups import Block, Grouping, blocks as make_blocks
 from .param_groups import discriminative, param_groups
+from .spaces import Around, Declared, Dim, resolve_space
 from .schedules import Cosine, PerEpoch, Scaled, SlantedTriangular, WarmRestarts
 from .transforms import AdaBoundStep, CoupledDecay, DecoupledDecay, LionSign, Momentum
 from .trust import LarsScale
 from .wrappers import SAM, Lookahead
 
-__all__ = ["Entry", "Strategy", "REGISTRY", "GENERATIONS", "names", "make", "entry"]
+__all__ = ["Entry", "Strategy", "REGISTRY", "GENERATIONS", "names", "make", "entry", "resolve", "search_space"]
 
 REGIMES = ("scratch", "finetune")
 
@@ -136,6 +137,17 @@ SGD_FT = dict(lr=5e-4, weight_decay=0.01)  # fine-tuning: SGD family 5e-4, Adam 
 ADAM_FT = dict(lr=5e-5, weight_decay=0.01)
 DISC = dict(SGD, lr=0.05, decay_factor=2.6)
 
+# search spaces (dalsopt.spaces): every row also searches lr on Around() = default/10 .. default*10
+MOMENTUM = Dim.real(0.8, 0.99)
+SGD_SPACE: Declared = dict(momentum=MOMENTUM, weight_decay=Around())
+DISC_SPACE: Declared = dict(SGD_SPACE, decay_factor=Dim.real(1.5, 4.0))
+RHO = Dim.real(0.01, 1.0, log=True)  # SAM's radius; adaptive (ASAM) radii run larger than 0.05
+DALS_SPACE: Declared = dict(momentum=MOMENTUM, weight_decay=Around(), trust_coef=Dim.real(1e-3, 0.3, log=True),
+                            alpha0=Dim.real(0.2, 0.9))
+WARMUP = Dim.real(0.0, 0.2)
+# fine-tuning DALS: the trust ratio (0.2 .. 5) rescales lr, and the tuned dals@finetune runs at lr 0.186
+DALS_FT_SPACE: Declared = dict(lr=Around(10.0, 1000.0))
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -147,40 +159,53 @@ class Entry:
     finetune: dict = field(default_factory=dict)
     fusable: bool = False  # the builder takes fused=True (one compiled update per tensor)
     epochs: bool = False  # the builder takes steps_per_epoch= (a schedule that can step once per epoch)
+    space: Declared = field(default_factory=dict)  # what is worth searching (lr always): dalsopt.spaces
+    finetune_space: Declared = field(default_factory=dict)  # what fine-tuning changes in it
 
     def hyperparameters(self, regime: str) -> dict:
         return {**self.defaults, **(self.finetune if regime == "finetune" else {})}
 
+    def declared_space(self, regime: str) -> Declared:
+        return {**self.space, **(self.finetune_space if regime == "finetune" else {})}
+
 
 REGISTRY: tuple[Entry, ...] = (
-    Entry("sgd", "Fixed SGD", 1, build_sgd, SGD, SGD_FT),
-    Entry("cosine", "Cosine SGD", 2, build_cosine, dict(SGD, lr=0.03, eta_min=1e-5), SGD_FT),
-    Entry("sgdr", "SGDR (cosine warm restarts)", 2, build_sgdr, dict(SGD, lr=0.05, t0=10, t_mult=1, eta_min=0.0), SGD_FT),
+    Entry("sgd", "Fixed SGD", 1, build_sgd, SGD, SGD_FT, space=SGD_SPACE),
+    Entry("cosine", "Cosine SGD", 2, build_cosine, dict(SGD, lr=0.03, eta_min=1e-5), SGD_FT, space=SGD_SPACE),
+    Entry("sgdr", "SGDR (cosine warm restarts)", 2, build_sgdr, dict(SGD, lr=0.05, t0=10, t_mult=1, eta_min=0.0), SGD_FT,
+          space=dict(SGD_SPACE, t0=Dim.integer(5, 1000, log=True), t_mult=Dim.choice(1, 2))),
     Entry("adam", "Adam", 3, partial(build_torch, torch_optim.Adam), ADAM, ADAM_FT),
-    Entry("adamw", "AdamW", 3, partial(build_torch, torch_optim.AdamW), dict(ADAM, weight_decay=0.01), ADAM_FT),
+    Entry("adamw", "AdamW", 3, partial(build_torch, torch_optim.AdamW), dict(ADAM, weight_decay=0.01), ADAM_FT,
+          space=dict(weight_decay=Around())),
     Entry("adabound", "AdaBound", 3, build_adabound,
           dict(lr=1e-3, beta1=0.9, beta2=0.999, final_lr=0.01, gamma=1e-3, eps=1e-8, weight_decay=0.0),
-          dict(ADAM_FT, final_lr=5e-4)),
-    Entry("lars", "LARS", 4, build_lars, dict(SGD, lr=0.03, trust_coef=0.02, eps=1e-8), SGD_FT),
-    Entry("discriminative", "Discriminative LR", 4, build_discriminative, DISC, SGD_FT),
+          dict(ADAM_FT, final_lr=5e-4), space=dict(final_lr=Around())),
+    Entry("lars", "LARS", 4, build_lars, dict(SGD, lr=0.03, trust_coef=0.02, eps=1e-8), SGD_FT,
+          space=dict(SGD_SPACE, trust_coef=Dim.real(1e-3, 0.1, log=True))),
+    Entry("discriminative", "Discriminative LR", 4, build_discriminative, DISC, SGD_FT, space=DISC_SPACE),
     Entry("radam", "RAdam", 5, partial(build_torch, torch_optim.RAdam), ADAM, ADAM_FT),
     Entry("lion", "Lion", 5, build_lion, dict(lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0),
-          dict(lr=1e-5, weight_decay=0.1)),
+          dict(lr=1e-5, weight_decay=0.1), space=dict(weight_decay=Dim.real(0.0, 1.0))),
     Entry("lookahead-adamw", "Lookahead + AdamW", 5, build_lookahead_adamw,
-          dict(lr=3e-4, weight_decay=0.01, k=5, alpha=0.5), ADAM_FT),
-    Entry("sam", "SAM", 5, build_sam, dict(SGD, rho=0.05, adaptive=True), SGD_FT),
-    Entry("grokfast", "Grokfast", 5, build_grokfast, dict(SGD, lr=0.03, alpha=0.98, lamb=2.0), SGD_FT),
+          dict(lr=3e-4, weight_decay=0.01, k=5, alpha=0.5), ADAM_FT,
+          space=dict(weight_decay=Around(), k=Dim.integer(3, 10), alpha=Dim.real(0.3, 0.8))),
+    Entry("sam", "SAM", 5, build_sam, dict(SGD, rho=0.05, adaptive=True), SGD_FT, space=dict(SGD_SPACE, rho=RHO)),
+    Entry("grokfast", "Grokfast", 5, build_grokfast, dict(SGD, lr=0.03, alpha=0.98, lamb=2.0), SGD_FT,
+          space=dict(SGD_SPACE, alpha=Dim.real(0.8, 0.99), lamb=Dim.real(0.1, 5.0, log=True))),
     Entry("stlr-discriminative", "STLR + Discriminative (ULMFiT)", 5, build_stlr,
-          dict(DISC, cut_frac=0.1, ratio=32.0, double_decay=False, per_epoch=False), SGD_FT, epochs=True),
+          dict(DISC, cut_frac=0.1, ratio=32.0, double_decay=False, per_epoch=False), SGD_FT, epochs=True,
+          space=dict(DISC_SPACE, cut_frac=Dim.real(0.05, 0.3))),
     Entry("sam-discriminative", "SAM + Discriminative", 6, build_sam_discriminative,
-          dict(DISC, rho=0.05, adaptive=True), SGD_FT),
-    Entry("dals", "DALS", 6, build_dals, DALS_DEFAULTS, dict(SGD_FT, warmup_frac=0.1), fusable=True),
+          dict(DISC, rho=0.05, adaptive=True), SGD_FT, space=dict(DISC_SPACE, rho=RHO)),
+    Entry("dals", "DALS", 6, build_dals, DALS_DEFAULTS, dict(SGD_FT, warmup_frac=0.1), fusable=True,
+          space=dict(DALS_SPACE, warmup_frac=WARMUP), finetune_space=DALS_FT_SPACE),
     Entry("dals-fast", "DALS-Fast", 6, build_dals_fast, dict(DALS_DEFAULTS, lr=0.05, momentum=0.85, warmup_frac=0.02),
-          dict(SGD_FT, lr=1e-3, warmup_frac=0.05), fusable=True),
+          dict(SGD_FT, lr=1e-3, warmup_frac=0.05), fusable=True,
+          space=dict(DALS_SPACE, warmup_frac=WARMUP), finetune_space=DALS_FT_SPACE),
     Entry("dals-acc", "DALS-Acc", 6, build_dals_acc,
           {**{k: v for k, v in DALS_DEFAULTS.items() if k != "warmup_frac"},
            "alpha0": 0.7, "weight_decay": 5e-4, "phase_slow": 0.001, "t0": 0, "t_mult": 2},
-          SGD_FT, fusable=True),
+          SGD_FT, fusable=True, space=DALS_SPACE, finetune_space=DALS_FT_SPACE),
 )
 
 _BY_ID = {e.id: e for e in REGISTRY}
@@ -239,6 +264,16 @@ def resolve(name: str, regime: str = "scratch", **hp: Any) -> dict:
                          f"allowed: {', '.join(sorted(defaults))}, grouping")
     merged = {**defaults, **hp}
     return {k: _check_value(spec.id, k, spec.defaults[k], v) for k, v in merged.items()}
+
+
+def search_space(name: str, regime: str = "scratch") -> dict[str, Dim]:
+    """What is worth searching for strategy ``name`` in ``regime``: ``{hyperparameter: Dim}``, ``lr``
+    first, on a log scale around the regime's default. A preset (``dals@finetune``) gets its strategy's
+    space, the preset being one point in it. Plain data in Optuna's conventions (``Dim.kwargs()``);
+    every point inside is accepted by ``resolve``/``make``."""
+    spec = entry(name)
+    resolve(name, regime)  # an unknown regime or preset is the usual one-line error
+    return resolve_space(spec.id, spec.declared_space(regime), spec.hyperparameters(regime))
 
 
 # --- the strategy object ---
