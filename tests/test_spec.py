@@ -173,3 +173,36 @@ def test_a_sweep_may_rank_on_validation_and_its_trials_hold_it_out(tmp_path):
     assert {t.config().validation for t in spec.trials()} == {0.1}
     plain, _ = load_spec(write(tmp_path, GOOD, "plain.yaml"))
     assert plain.metric == "eval_accuracy" and plain.trials()[0].config().validation is None
+
+
+def test_a_dataset_may_run_fewer_strategies(tmp_path):
+    text = GOOD.replace("  datasets: [synthetic]\n", "  datasets: [synthetic, synthetic-gmm]\n"
+                        "  dataset_strategies: {synthetic-gmm: [dals, sgd]}\n").replace(
+        "datasets:\n  synthetic:", "datasets:\n  synthetic-gmm: {epochs: 1}\n  synthetic:")
+    spec, _ = load_spec(write(tmp_path, text))
+    gmm = [t.key for t in spec.trials() if t.dataset == "synthetic-gmm"]
+    assert gmm == ["sgd/synthetic-gmm/0", "sgd/synthetic-gmm/1", "dals/synthetic-gmm/0", "dals/synthetic-gmm/1"]
+    assert len(spec.trials()) == 10 + 4
+    for bad, words in ((text.replace("{synthetic-gmm: [dals, sgd]}", "{cifar10: [sgd]}"),
+                        ["grid", "dataset_strategies: 'cifar10' is not in grid.datasets"]),
+                       (text.replace("[dals, sgd]", "[dalz]"), [
+                           "grid.dataset_strategies: synthetic-gmm: unknown strategy 'dalz'"]),
+                       (text.replace("[dals, sgd]", "[]"), ["dataset_strategies.synthetic-gmm: an empty list"])):
+        with pytest.raises(SpecError) as err:
+            load_spec(write(tmp_path, bad, "bad.yaml"))
+        assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_paper_finetune_cpu_runs_the_fine_tuning_questions():
+    """TREC-6 on its full train split (10% held out for validation) with every strategy and the STLR
+    variants; IMDb and RTE with the strategies the paper's fine-tuning claims name; 2 trials at once."""
+    spec, _ = load_spec("paper-finetune-cpu")
+    named = {"adamw", "radam", "sgd", "lookahead-adamw", "stlr-discriminative",
+             "stlr-discriminative@double-decay", "dals", "dals@finetune"}
+    trec = spec.grid.strategies_for("trec6")
+    assert set(dalsopt.names()) <= set(trec) and "stlr-discriminative@double-decay" in trec
+    assert all(named <= set(spec.grid.strategies_for(d)) for d in ("imdb", "rte"))
+    assert len(spec.grid.seeds) >= 2 and spec.resources.cpu == 1 and spec.resources.max_concurrent == 2
+    cfg = next(t for t in spec.trials() if t.dataset == "trec6").config()
+    assert (cfg.max_train, cfg.max_length, cfg.validation) == (None, 32, 0.1)
+    assert cfg.hp["lr"] == pytest.approx(0.6 * dalsopt.resolve(cfg.strategy, "finetune")["lr"])

@@ -216,8 +216,7 @@ def dry_run(spec: Spec, say=print) -> int:
         say(f"  {t.key:<40} gen{t.generation} {t.regime:<9} "
             + " ".join(f"{k}={v}" for k, v in shown.items()))
     res = spec.resources
-    say(f"{spec.name}: {len(trials)} trials ({len(spec.grid.strategies)} strategies x "
-        f"{len(spec.grid.datasets)} datasets x {len(spec.grid.seeds)} seeds), "
+    say(f"{spec.name}: {len(trials)} trials ({spec.grid.shape()}), "
         f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial, scheduler {spec.scheduler.type}, "
         f"storage {experiment_dir(spec)}")
     return len(trials)

@@ -27,6 +27,9 @@ class Grid(Strict):
     strategies: list[str] = Field(min_length=1)
     datasets: list[str] = Field(min_length=1)
     seeds: list[Int] = Field(min_length=1)
+    dataset_strategies: dict[str, list[str]] = Field(
+        default_factory=dict, description="per dataset, the strategies it runs instead of `strategies` "
+                                          "(a costly dataset runs fewer)")
 
     @field_validator("strategies", "datasets", mode="before")
     @classmethod
@@ -56,6 +59,27 @@ class Grid(Strict):
             dataset_regime(name)
         return list(dict.fromkeys(v))
 
+    @field_validator("dataset_strategies")
+    @classmethod
+    def _dataset_strategies(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        out = {}
+        for dataset, strategies in v.items():
+            try:
+                out[dataset] = expand_strategies(strategies)
+            except ValueError as e:
+                raise ValueError(f"{dataset}: {e}") from None
+        return out
+
+    def strategies_for(self, dataset: str) -> list[str]:
+        return self.dataset_strategies.get(dataset, self.strategies)
+
+    def shape(self) -> str:
+        """How the trials multiply, for people: '5 strategies x 1 datasets x 2 seeds'."""
+        if not self.dataset_strategies:
+            return f"{len(self.strategies)} strategies x {len(self.datasets)} datasets x {len(self.seeds)} seeds"
+        per = ", ".join(f"{len(self.strategies_for(d))} on {d}" for d in self.datasets)
+        return f"strategies: {per}; x {len(self.seeds)} seeds"
+
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
@@ -66,7 +90,13 @@ class Grid(Strict):
 
     @model_validator(mode="after")
     def _size(self) -> Grid:
-        n = len(self.strategies) * len(self.datasets) * len(self.seeds)
+        for name, strategies in self.dataset_strategies.items():
+            if name not in self.datasets:
+                raise ValueError(f"dataset_strategies: {name!r} is not in grid.datasets; allowed: "
+                                 + ", ".join(self.datasets))
+            if not strategies:
+                raise ValueError(f"dataset_strategies.{name}: an empty list (leave the dataset out instead)")
+        n = sum(len(self.strategies_for(d)) for d in self.datasets) * len(self.seeds)
         if n > MAX_TRIALS:
             raise ValueError(f"{len(self.strategies)} strategies x {len(self.datasets)} datasets x "
                              f"{len(self.seeds)} seeds = {n} trials; a sweep has at most {MAX_TRIALS}")
@@ -96,7 +126,7 @@ class Spec(SpecBase):
         return tuple(
             TrialSpec(s, d, seed, gens[s], self.regime(d), self.settings(d))
             for d in self.grid.datasets
-            for s in self.grid.strategies
+            for s in self.grid.strategies_for(d)
             for seed in self.grid.seeds
         )
 
