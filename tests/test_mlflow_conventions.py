@@ -124,7 +124,8 @@ def test_outside_a_git_checkout_runs_carry_no_git_tags(tmp_path, monkeypatch):
 
 def test_a_reopened_run_continues_after_its_last_epoch(tmp_path, monkeypatch):
     """A resumed trial's run goes on after the epoch its tag holds; a run logged before the tag
-    existed (the epoch as a metric) is read the old way."""
+    existed (the epoch as a metric) is read the old way; a tag one epoch behind its metrics (the
+    driver was killed between the two commits of one log_batch) logs no epoch twice."""
     monkeypatch.chdir(tmp_path)
     store, _ = tracked(tmp_path, epochs=(1, 2))
     client, _, _, children = runs(store)
@@ -134,6 +135,9 @@ def test_a_reopened_run_continues_after_its_last_epoch(tmp_path, monkeypatch):
     for step in (1, 2, 3):
         client.log_metric(old.info.run_id, "epoch", float(step), step=step)
     assert tracking.logged_epoch(client, client.get_run(old.info.run_id)) == 3
+    behind = children[1]
+    client.set_tag(behind.info.run_id, tracking.TAG_EPOCH, "1")
+    assert tracking.logged_epoch(client, client.get_run(behind.info.run_id), "eval_accuracy") == 2
     tracked(tmp_path, epochs=(1, 2, 3, 4))  # the same trials again, now 4 epochs
     for child in runs(store)[3]:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval_accuracy")]

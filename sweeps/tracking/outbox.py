@@ -56,6 +56,7 @@ class Outbox:
         self._parent_id = parent.info.run_id
         self._runs: dict[str, str] = {}  # Ray trial id -> child run id
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
+        self._reopened: dict[str, Any] = {}  # child run id -> its run, until its first result checks it
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         self._backlog: deque[_Job] = deque()  # logging thread only; the oldest first
         self._lost = Writes()  # refused for good (not retried): counted, never silently dropped
@@ -177,6 +178,7 @@ class Outbox:
             if not found[0].data.params:  # created, but its params did not get through
                 client.log_batch(run_id, params=run_params(spec))
             self._last_step[run_id] = logged_epoch(client, found[0])
+            self._reopened[run_id] = found[0]
             client.update_run(run_id, status="RUNNING")
         else:
             run_id = create_child(client, self._exp_id, self._parent_id, self.sweep_id, spec)
@@ -188,6 +190,12 @@ class Outbox:
     def _log(self, trial_id: str, spec: dict[str, Any], result: dict[str, Any], at_ms: int = 0) -> None:
         run_id = self._child(trial_id, spec)
         step = result_step(result)
+        if run_id in self._reopened:  # the epoch tag may lag its metrics by one (a killed driver)
+            own = sorted(k for k in result_values(result, step) if not k.startswith("system/"))
+            if own:
+                last = logged_epoch(self._client, self._reopened[run_id], own[0])
+                self._last_step[run_id] = max(self._last_step[run_id], last)
+            del self._reopened[run_id]
         if step <= self._last_step.get(run_id, 0):
             return  # an epoch re-run after a restore: its first report is already logged
         metrics, tags = epoch_batch(result, step, at_ms or int(time.time() * 1000))

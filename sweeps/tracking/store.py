@@ -243,13 +243,18 @@ def create_child(client: MlflowClient, exp_id: str, parent_id: str, sweep_id: st
     return run_id
 
 
-def logged_epoch(client: MlflowClient, run: Any) -> int:
-    """The last epoch a run holds (its `TAG_EPOCH`; runs logged before that tag existed kept the
-    epoch as a metric)."""
+def _last_step(client: MlflowClient, run_id: str, key: str) -> int:
+    return int(max((m.step for m in client.get_metric_history(run_id, key)), default=0))
+
+
+def logged_epoch(client: MlflowClient, run: Any, key: str | None = None) -> int:
+    """The last epoch a run holds: its `TAG_EPOCH` (runs logged before that tag existed kept the
+    epoch as a metric). The tag is written after the epoch's metrics, and MLflow's SQL store commits
+    a batch's metrics and tags apart, so a driver killed in between leaves it one epoch behind: with
+    `key`, a metric every epoch logs, its last step counts too."""
     tag = run.data.tags.get(TAG_EPOCH)
-    if tag is not None and tag.isdigit():
-        return int(tag)
-    return int(max((m.value for m in client.get_metric_history(run.info.run_id, "epoch")), default=0))
+    last = int(tag) if tag is not None and tag.isdigit() else _last_step(client, run.info.run_id, "epoch")
+    return max(last, _last_step(client, run.info.run_id, key)) if key else last
 
 
 def run_params(trial: dict[str, Any]) -> list[Param]:
