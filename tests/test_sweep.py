@@ -244,3 +244,23 @@ def test_asha_scheduler_from_the_spec(tmp_path):
     asha = scheduler(spec.scheduler, max(t.config().epochs for t in spec.trials()))
     assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("epoch", 6, 3)
     assert asha._brackets[0]._rungs[-1][0] == 2  # the first rung is at the grace period
+
+
+def test_progress_eta_from_finished_and_running_epochs():
+    """ETA = the epochs still to train over the rate this run trained them at (closed form)."""
+    from types import SimpleNamespace
+
+    from sweeps.runner.progress import eta, status_line
+
+    def trial(status: str, epoch: int | None, budget: int | None = 10):
+        config = {"trial": {"key": f"k{epoch}", "config": {"epochs": budget}}} if budget else {}
+        return SimpleNamespace(status=status, config=config, last_result=None if epoch is None else {"epoch": epoch})
+
+    trials = [trial("TERMINATED", 10), trial("RUNNING", 4), trial("PENDING", None)]
+    # 0 + 6 + 10 left, and 2 trials Ray has not made yet at the known trials' mean budget (10)
+    assert eta(trials, 5, None, epochs_seen=14, elapsed_s=70.0) == pytest.approx(36 * 70 / 14)
+    assert eta(trials, 5, None, epochs_seen=0, elapsed_s=70.0) is None  # no rate before an epoch
+    tuning = [trial("RUNNING", 2, budget=None)]  # tuning trials: the budget the callback was given
+    assert eta(tuning, 3, 5, epochs_seen=2, elapsed_s=10.0) == pytest.approx((3 + 2 * 5) * 10 / 2)
+    line = status_line("q", 70, 5, trials, "eval_accuracy", (0.9, "k10"), eta_s=180)
+    assert line == "[q 1:10] 1/5 done · 1 running · 3 pending · best eval_accuracy 0.9000 (k10) · ETA 3:00"
