@@ -1,10 +1,13 @@
 """The cluster path end to end on this machine: scripts/local_cluster.py starts PostgreSQL, an MLflow
-server on it, a Ray head and a second Ray node; sweeps go in through the Ray Jobs API (`dals sweep
-submit`) and must run on both nodes and be tracked on the server. The cluster is stopped even when a
+server on it, a Ray head and a second Ray node (token auth on: this cluster's token file); sweeps go
+in through the Ray Jobs API (`dals sweep submit`) and must run on both nodes and be tracked on the
+server, once with storage in a bucket (a moto S3 server on 127.0.0.1 whose credentials the nodes
+have in their environment, as an instance profile gives them). The cluster is stopped even when a
 test fails (the fixture's `finally`, and `stop` works on a half-started cluster too)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from ray._private.authentication_test_utils import reset_auth_token_state
+
+from s3_server import leaks, running_s3
 from sweeps.cluster import jobs
 from sweeps.tracking import store as tracking
 
@@ -33,21 +39,29 @@ def dals(*argv: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     # A short folder: Ray's unix sockets live below it (107-byte limit).
     root = Path(tempfile.mkdtemp(prefix="dals-lc-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")  # as the local cluster runs; a stray ~/.ray token is ignored
         mp.delenv("RAY_ADDRESS", raising=False)
-        try:
-            started = subprocess.run([sys.executable, str(SCRIPT), "start", "--dir", str(root)],
-                                     capture_output=True, text=True, timeout=300)
-            if started.returncode:
-                pytest.fail(f"the local cluster did not start: {started.stderr[-4000:]}", pytrace=False)
-            yield json.loads(started.stdout)
-        finally:
-            subprocess.run([sys.executable, str(SCRIPT), "stop", "--dir", str(root)], timeout=180)
-            shutil.rmtree(root, ignore_errors=True)
+        mp.delenv("RAY_AUTH_TOKEN", raising=False)
+        for s3 in running_s3(tmp_path_factory.mktemp("s3")):
+            for name, value in s3.env().items():  # every node's environment (the script passes it on)
+                mp.setenv(name, value)
+            try:
+                started = subprocess.run([sys.executable, str(SCRIPT), "start", "--dir", str(root)],
+                                         capture_output=True, text=True, timeout=300)
+                if started.returncode:
+                    pytest.fail(f"the local cluster did not start: {started.stderr[-4000:]}", pytrace=False)
+                state = json.loads(started.stdout)
+                for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):  # this test's clients use the token
+                    mp.setenv(name, state[name])
+                reset_auth_token_state()  # Ray reads the mode and token once per process: again now
+                yield {**state, "s3": s3}
+            finally:
+                subprocess.run([sys.executable, str(SCRIPT), "stop", "--dir", str(root)], timeout=180)
+                shutil.rmtree(root, ignore_errors=True)
+    reset_auth_token_state()  # the environment as it was, for the modules after this one
 
 
 def finish(job_id: str, address: str) -> tuple[str, str]:
@@ -88,20 +102,27 @@ def test_a_job_sees_both_nodes(cluster):
     assert "'dals_head'" in logs and "'dals_worker'" in logs
 
 
-def test_submitted_sweep_runs_on_both_nodes_and_is_tracked_on_the_server(cluster, tmp_path):
-    spec = tmp_path / "cluster-e2e.yaml"
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_submitted_sweep_runs_on_both_nodes_and_is_tracked_on_the_server(cluster, tmp_path, where):
+    """On this machine's disk, and in a bucket (both nodes write their trials' checkpoints and
+    results there, the driver on the head reads them back for the report). The job carries neither
+    the S3 secret nor the cluster's token: its runtime env, entrypoint, metadata and logs, as the
+    Jobs API returns them, hold neither, and the spec travels as a file, not in the environment."""
+    name, s3 = f"cluster-{where}", cluster["s3"]
+    bucket = s3.bucket() if where == "bucket" else None
+    spec = tmp_path / f"{name}.yaml"
     spec.write_text(textwrap.dedent(f"""
-        name: cluster-e2e
+        name: {name}
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
         defaults: {{epochs: 2, max_train: 1000, max_eval: 500}}
         resources: {{cpu: 1}}
-        tracking: {{uri: "{cluster['mlflow']}", experiment: cluster-e2e}}
-        storage: {tmp_path / 'runs'}
+        tracking: {{uri: "{cluster['mlflow']}", experiment: {name}}}
+        storage: {f"s3://{bucket}/runs" if bucket else tmp_path / 'runs'}
     """))
     address = cluster["dashboard"]
     assert dals("sweep", "submit", str(spec), "--address", address) == 0
     job_id = next(j.submission_id for j in jobs.client(address).list_jobs()
-                  if (j.metadata or {}).get(jobs.META_SPEC) == "cluster-e2e")
+                  if (j.metadata or {}).get(jobs.META_SPEC) == name)
     with pytest.raises(ValueError, match="still (pending|running)"):  # same spec while it runs
         dals("sweep", "submit", str(spec), "--address", address)
 
@@ -113,7 +134,7 @@ def test_submitted_sweep_runs_on_both_nodes_and_is_tracked_on_the_server(cluster
     assert trial_nodes(address, job_id) == set(node_ids(address).values())
 
     # MLflow on PostgreSQL: the parent run, one child per trial under it, the report as artifacts
-    store = tracking.Store(cluster["mlflow"], "cluster-e2e")
+    store = tracking.Store(cluster["mlflow"], name)
     client = store.client()
     exp_id = store.experiment_id(client)
     parents = client.search_runs([exp_id], f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
@@ -127,6 +148,18 @@ def test_submitted_sweep_runs_on_both_nodes_and_is_tracked_on_the_server(cluster
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.md" in logged
     assert cluster["mlflow_backend"].startswith("postgresql://")
+
+    objects = s3.objects(bucket) if bucket else {}
+    if bucket:  # every trial's results in the bucket, each epoch once
+        results = [v for k, v in objects.items() if k.endswith("/result.json")]
+        assert len(results) == 4 and all(
+            sorted(json.loads(r)["epoch"] for r in v.decode().splitlines()) == [1, 2] for v in results)
+    info = jobs.client(address).get_job_info(job_id)
+    shown = {"runtime_env": json.dumps(info.runtime_env).encode(), "entrypoint": info.entrypoint.encode(),
+             "metadata": json.dumps(info.metadata).encode(), "logs": logs.encode(), **objects}
+    token = Path(cluster["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert leaks([s3.secret, s3.key_id, token], shown) == []
+    assert f"name: {name}" not in json.dumps(info.runtime_env)  # the spec is a file, not env
 
 
 def test_tune_submit_records_every_trial_once(cluster, tmp_path):
@@ -167,6 +200,15 @@ def test_tune_submit_records_every_trial_once(cluster, tmp_path):
     client = store.client()
     children = client.search_runs([store.experiment_id(client)], f"tags.`{tracking.TAG_ROLE}` = 'trial'")
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+
+
+def test_the_cluster_refuses_clients_without_its_token(cluster):
+    probe = "from ray.job_submission import JobSubmissionClient as C; C(%r).list_jobs()" % cluster["dashboard"]
+    for env in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "not-the-token"}):
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                             env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")},
+                                  "RAY_AUTH_MODE": "token", **env})
+        assert run.returncode != 0 and "AuthenticationError" in run.stderr, (env, run.stderr[-2000:])
 
 
 # ----------------------------------------------------------------------------- loopback and node loss
