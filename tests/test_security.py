@@ -211,34 +211,46 @@ def every_text(folder: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_password_in_the_tracking_uri_is_never_shown_or_logged(server, tmp_path):
-    """The URI `http://dals:SECRET@...` is what the sweep connects with; every copy meant for people
-    (terminal, MLflow params/tags, the spec artifact, the report, Ray's session logs) masks it."""
+def test_password_in_the_tracking_uri_is_refused_and_the_environment_one_never_shown(server, tmp_path):
+    """A password in `tracking.uri` is refused in one line that says where it goes (it would be
+    copied into the sweep's folder, its meta and the job a cluster runs); given there, in
+    MLFLOW_TRACKING_PASSWORD, the sweep runs and no copy meant for people (terminal, MLflow
+    params/tags, the spec artifact, the report, Ray's session logs) holds it. A password in a
+    description is masked."""
     secret = f"pw-{uuid.uuid4().hex}"
     uri = server.url.replace("http://", f"http://dals:{secret}@")
     spec = tmp_path / "secret.yaml"
-    spec.write_text(textwrap.dedent(f"""
+    body = textwrap.dedent(f"""
         name: secret
         description: tracked at {uri}
         grid: {{strategies: [sgd], datasets: [synthetic], seeds: [0]}}
         defaults: {{epochs: 1, max_train: 200, max_eval: 100}}
-        tracking: {{uri: "{uri}", experiment: secret}}
+        tracking: {{uri: "TRACKING", experiment: secret}}
         storage: {tmp_path / 'runs'}
-    """))
+    """)
+    spec.write_text(body.replace("TRACKING", uri))
+    refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "tracking.uri: the URI holds a password" in refused.stderr and "MLFLOW_TRACKING_PASSWORD" in refused.stderr
+    assert secret not in refused.stdout + refused.stderr
+
+    spec.write_text(body.replace("TRACKING", server.url))
+    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "dals", "MLFLOW_TRACKING_PASSWORD": secret}
     ray_tmp = Path(tempfile.mkdtemp(prefix="dals-sec-", dir="/tmp"))  # short: Ray's socket paths
     try:
         run = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)], cwd=tmp_path,
-                             env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True,
+                             env={**env, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True,
                              text=True, timeout=300)
         ray_logs = every_text(ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     printed = run.stdout + run.stderr
-    assert "http://dals:***@127.0.0.1" in printed and secret not in printed
+    assert secret not in printed
     assert secret not in ray_logs
 
-    store = tracking.Store(uri, "secret")  # connects with the password, as the sweep did
+    store = tracking.Store(server.url, "secret")
     client = store.client()
     runs = client.search_runs([store.experiment_id(client)], max_results=100)
     assert len(runs) == 2  # the sweep's parent run and its trial
@@ -249,5 +261,5 @@ def test_password_in_the_tracking_uri_is_never_shown_or_logged(server, tmp_path)
         assert secret not in every_text(artifacts)
     logged_spec = every_text(tmp_path / "dl")
     assert "tracked at http://dals:***@" in logged_spec  # the spec artifact is there, masked
-    assert secret not in every_text(tmp_path / "results")
+    assert secret not in every_text(tmp_path / "results") + every_text(tmp_path / "runs")
     assert (tmp_path / "results" / "secret" / "report.md").exists()
