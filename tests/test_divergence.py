@@ -89,8 +89,8 @@ def test_absurd_learning_rate_is_diverged_everywhere_not_a_crash(in_tmp, capsys)
     assert "2 trials: 1 diverged, 1 finished" in text
     diverged_row, healthy_row = table_row(text, "synthetic"), table_row(text, "synthetic-gmm")
     assert (diverged_row["diverged"], diverged_row["failed"]) == ("1", "0")
-    assert diverged_row["final eval_accuracy (mean ± std)"] == "—" and diverged_row["best"] == "—"
-    assert healthy_row["diverged"] == "0" and healthy_row["final eval_accuracy (mean ± std)"] != "—"
+    assert diverged_row["final eval_accuracy (test, mean ± std)"] == "—" and diverged_row["best"] == "—"
+    assert healthy_row["diverged"] == "0" and healthy_row["final eval_accuracy (test, mean ± std)"] != "—"
     trials = {r["key"]: r for r in csv.DictReader((report / "trials.csv").open())}
     assert (trials[DIVERGED]["status"], trials[DIVERGED]["final"]) == ("diverged", "")
     assert trials[HEALTHY]["status"] == "finished"
