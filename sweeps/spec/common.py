@@ -53,6 +53,13 @@ def dataset_regime(dataset: str) -> str:
     return datasets.default_regime(dataset)
 
 
+def known_datasets(names: list[str]) -> list[str]:
+    """Dataset ids, each checked (ValueError listing the known ones), duplicates dropped in order."""
+    for name in names:
+        dataset_regime(name)
+    return list(dict.fromkeys(names))
+
+
 def expand_strategies(items: list[str]) -> list[str]:
     """Ids, presets (`dals@scratch`), generation names (`gen3`) and `all` -> unique ids in registry
     order, each preset after its base strategy's place."""

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sweeps.spec.common import (
     MAX_SEED, MAX_TRIALS, Asha, Failure, Int, SpecBase, SpecError, Strict, TrialSettings, check_defaults,
-    dataset_regime, expand_strategies, first_line, kind_name, strategy_generations, validation_line,
+    expand_strategies, first_line, kind_name, known_datasets, strategy_generations, validation_line,
 )
 from sweeps.spec.loader import read_yaml, resolve_path
 from sweeps.train.config import TrialConfig
@@ -55,9 +55,7 @@ class Grid(Strict):
     @field_validator("datasets")
     @classmethod
     def _datasets(cls, v: list[str]) -> list[str]:
-        for name in v:
-            dataset_regime(name)
-        return list(dict.fromkeys(v))
+        return known_datasets(v)
 
     @field_validator("dataset_strategies")
     @classmethod

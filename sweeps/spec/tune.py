@@ -18,7 +18,7 @@ import dalsopt
 
 from sweeps.spec.common import (
     DEFAULT_VALIDATION, MAX_SEED, MAX_TRIALS, METRICS, VAL_METRICS, Asha, Float, Int, Scalar, SpecBase,
-    SpecError, Strict, TrialSettings, check_defaults, dataset_regime, expand_strategies, first_line,
+    SpecError, Strict, TrialSettings, check_defaults, expand_strategies, first_line, known_datasets,
     kind_name, validation_line,
 )
 from sweeps.spec.credentials import no_credentials
@@ -119,9 +119,7 @@ class Tune(Strict):
     @field_validator("datasets")
     @classmethod
     def _datasets(cls, v: list[str]) -> list[str]:
-        for name in v:
-            dataset_regime(name)
-        return list(dict.fromkeys(v))
+        return known_datasets(v)
 
     @model_validator(mode="after")
     def _known_params(self) -> Tune:
