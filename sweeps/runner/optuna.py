@@ -86,7 +86,9 @@ def epoch_report(study: dict[str, Any], trials: list[Trial], epoch: int,
     diverged, the seconds the seeds trained it (a replayed epoch keeps its own), the status."""
     metric = study["metric"]
     report: dict[str, Any] = {"epoch": epoch}
-    for key in ("eval_accuracy", "eval_loss", "train_loss"):
+    for key in ("val_accuracy", "val_loss", "eval_accuracy", "eval_loss", "train_loss"):
+        if any(key not in m for m in last):  # val_*: only where the datasets hold out validation
+            continue
         values = [float(m[key]) for m in last]
         report[key] = seed_mean(values)
         if key == metric:
