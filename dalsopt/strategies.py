@@ -145,8 +145,9 @@ RHO = Dim.real(0.01, 1.0, log=True)  # SAM's radius; adaptive (ASAM) radii run l
 DALS_SPACE: Declared = dict(momentum=MOMENTUM, weight_decay=Around(), trust_coef=Dim.real(1e-3, 0.3, log=True),
                             alpha0=Dim.real(0.2, 0.9))
 WARMUP = Dim.real(0.0, 0.2)
-# fine-tuning DALS: the trust ratio (0.2 .. 5) rescales lr, and the tuned dals@finetune runs at lr 0.186
-DALS_FT_SPACE: Declared = dict(lr=Around(10.0, 1000.0))
+# fine-tuning DALS: the trust ratio (0.2 .. 5) rescales lr, and the tuned dals@finetune runs at lr 0.186;
+# the decay in or out of the trust ratio decides whether such a rate moves the encoder or shrinks it
+DALS_FT_SPACE: Declared = dict(lr=Around(10.0, 1000.0), decoupled_decay=Dim.choice(False, True))
 
 
 @dataclass(frozen=True)

@@ -258,12 +258,14 @@ def depth_blend(depth: float) -> float:
 
 def dals(params, grads, phases: Sequence[int], depths: Sequence[float], lrs: Sequence[float], *,
          alphas: tuple, momentum: float, wd: float, gamma: float, trust_min: float = 0.2,
-         trust_max: float = 5.0) -> tuple[Hist, list[list[float]]]:
+         trust_max: float = 5.0, decoupled: bool = False) -> tuple[Hist, list[list[float]]]:
     """DALS steps 3-7 of the spec, per tensor:
     f <- a f + (1-a) g (f_0 = 0; a = alphas[phase], None: g_hat = g and f unchanged);
     g_hat = b g + (1-b) f, b = 0.3 + 0.4 d; g_hat += wd p;
     r = clamp(gamma ||p|| / ||g_hat||, lo, hi), 1 if either norm is 0;
     m <- mu m + g_hat; p <- p - eta_t r m.
+    ``decoupled`` (dalsopt's decoupled_decay, not the spec's): first p <- p (1 - eta_t wd), and g_hat
+    gets no wd p, so r is measured on the filtered gradient (and the decayed p).
     Returns the history and the trust ratios r[t][i]."""
     p = _clone(params)
     f = [torch.zeros_like(x) for x in params]
@@ -273,13 +275,16 @@ def dals(params, grads, phases: Sequence[int], depths: Sequence[float], lrs: Seq
         a = alphas[phases[t]]
         row = []
         for i, g in enumerate(gs):
+            if decoupled:
+                p[i] = p[i] * (1.0 - lrs[t] * wd)
             if a is None:
                 gh = g.clone()
             else:
                 f[i] = a * f[i] + (1.0 - a) * g
                 b = depth_blend(depths[i])
                 gh = b * g + (1.0 - b) * f[i]
-            gh = gh + wd * p[i]
+            if not decoupled:
+                gh = gh + wd * p[i]
             pn, gn = _norm(p[i]), _norm(gh)
             r = 1.0 if pn == 0 or gn == 0 else min(max(gamma * pn / gn, trust_min), trust_max)
             row.append(r)

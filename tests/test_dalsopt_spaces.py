@@ -65,16 +65,18 @@ def test_the_spaces_follow_the_regime_and_hold_the_tuned_presets():
     assert dalsopt.search_space("adamw", "scratch")["lr"] == Dim.real(3e-5, 3e-3, log=True)
     assert dalsopt.search_space("sgd", "finetune")["weight_decay"] == Dim.real(1e-3, 0.1, log=True)
     assert dalsopt.search_space("dals", "finetune")["lr"].high == 0.5  # the tuned dals@finetune runs at 0.186
+    assert dalsopt.search_space("dals", "finetune")["decoupled_decay"] == Dim.choice(False, True)
+    assert "decoupled_decay" not in dalsopt.search_space("dals", "scratch")
     assert set(dalsopt.search_space("sam")) == {"lr", "momentum", "weight_decay", "rho"}
     assert set(dalsopt.search_space("lookahead-adamw")) == {"lr", "weight_decay", "k", "alpha"}
     assert set(dalsopt.search_space("grokfast")) == {"lr", "momentum", "weight_decay", "alpha", "lamb"}
     assert {"t0", "t_mult"} <= set(dalsopt.search_space("sgdr"))
     assert "trust_coef" in dalsopt.search_space("lars") and "trust_coef" in dalsopt.search_space("dals")
-    for name in ("dals@scratch", "dals@finetune"):
-        regime = name.split("@")[1]
-        tuned = dalsopt.resolve(name, regime)
+    for name, regime in (("dals@scratch", "scratch"), ("dals@finetune", "finetune"),
+                         ("dals@finetune-decoupled", "finetune")):
+        shipped = dalsopt.resolve(name, regime)
         for k, d in dalsopt.search_space(name, regime).items():
-            assert d.low <= tuned[k] <= d.high, (name, k)
+            assert shipped[k] in d.choices if d.type == "categorical" else d.low <= shipped[k] <= d.high, (name, k)
 
 
 @pytest.mark.parametrize("make_it, message", [

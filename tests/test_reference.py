@@ -123,16 +123,18 @@ DEFAULTS = {
                              "ratio": 32.0, "double_decay": False, "per_epoch": False}, SGD_FT),
     "sam-discriminative": ({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "decay_factor": 2.6, "rho": 0.05,
                             "adaptive": True}, SGD_FT),
+    # ours, off by default (not the authors'): exclude_norm_bias, decoupled_decay
     "dals": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4, "trust_coef": 0.02, "trust_min": 0.2, "trust_max": 5.0,
-              "alpha0": 0.6, "warmup_frac": 0.05, "phase_fast": 0.01, "phase_slow": 0.002, "exclude_norm_bias": False},
-             {**SGD_FT, "warmup_frac": 0.1}),
+              "alpha0": 0.6, "warmup_frac": 0.05, "phase_fast": 0.01, "phase_slow": 0.002, "exclude_norm_bias": False,
+              "decoupled_decay": False}, {**SGD_FT, "warmup_frac": 0.1}),
     "dals-fast": ({"lr": 0.05, "momentum": 0.85, "weight_decay": 1e-4, "trust_coef": 0.02, "trust_min": 0.2,
                    "trust_max": 5.0, "alpha0": 0.6, "warmup_frac": 0.02, "phase_fast": 0.01, "phase_slow": 0.002,
-                   "exclude_norm_bias": False}, {**SGD_FT, "lr": 1e-3, "warmup_frac": 0.05}),  # 2x the SGD rate
+                   "exclude_norm_bias": False, "decoupled_decay": False},
+                  {**SGD_FT, "lr": 1e-3, "warmup_frac": 0.05}),  # 2x the SGD rate
     # no warmup; code: t0 0 = an eighth of the run (STRATEGIES.md: 10 epochs, or max(3 epochs, 50 steps) for text)
     "dals-acc": ({"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "trust_coef": 0.02, "trust_min": 0.2,
                   "trust_max": 5.0, "alpha0": 0.7, "phase_fast": 0.01, "phase_slow": 0.001, "exclude_norm_bias": False,
-                  "t0": 0, "t_mult": 2}, SGD_FT),
+                  "decoupled_decay": False, "t0": 0, "t_mult": 2}, SGD_FT),
 }
 
 
@@ -610,7 +612,7 @@ def run_dals(name, hp, *, zero_bias=True, zeros=ZERO_GRADS, T=T_DALS, losses=LOS
     lrs = [h["lr"] * v for v in sched]
     want, ratios = ref.dals(initial(model), grads, phases, DEPTH_OF, lrs, alphas=alphas, momentum=h["momentum"],
                             wd=h["weight_decay"], gamma=h["trust_coef"], trust_min=h["trust_min"],
-                            trust_max=h["trust_max"])
+                            trust_max=h["trust_max"], decoupled=h["decoupled_decay"])
     params = list(model.parameters())
     got, seen_lrs, seen_phases = [], [], []
     for t, row in enumerate(grads):
@@ -736,6 +738,23 @@ def test_dals_family_full_spec_matches_reference(name, fused):
     _check_coverage(r, expected_phases(r["hp"]["phase_slow"]))
     assert r["seen_phases"] == r["phases"]
     assert_hist(r["got"], r["want"])
+
+
+@pytest.mark.parametrize("name", ["dals", "dals-fast", "dals-acc"])
+def test_dals_family_with_decoupled_decay_matches_reference(name):
+    """decoupled_decay=True: p <- p (1 - eta wd) first, the trust ratio measured without the decay; a
+    large wd so that the decay's share of the step is visible; all phases and both clamps."""
+    hp = {"decoupled_decay": True, "weight_decay": 0.3, **({"t0": 4} if name == "dals-acc" else {})}
+    r = run_dals(name, hp)
+    _check_coverage(r, expected_phases(r["hp"]["phase_slow"]))
+    assert_hist(r["got"], r["want"])
+    coupled = run_dals(name, {**hp, "decoupled_decay": False})
+    assert not torch.allclose(coupled["got"][-1][0], r["got"][-1][0])
+
+
+def test_decoupled_decay_is_not_fused():
+    with pytest.raises(ValueError, match="with decoupled_decay=True use fused=False"):
+        dalsopt.make("dals", mlp4(), total_steps=5, fused=True, decoupled_decay=True)
 
 
 def test_fused_dals_without_momentum_matches_reference():

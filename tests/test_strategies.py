@@ -245,11 +245,14 @@ def test_exclude_norm_bias_gives_biases_no_decay_and_no_trust():
 
 # the shipped presets as tuned (README: tune-dals-cpu, TPE seed 0): what resolve() must give, written out
 DALS_TUNED = {"momentum": 0.9, "trust_min": 0.2, "trust_max": 5.0, "phase_fast": 0.01, "phase_slow": 0.002,
-              "exclude_norm_bias": False}
+              "exclude_norm_bias": False, "decoupled_decay": False}
 PRESETS = {
     "dals@finetune": ("finetune", {**DALS_TUNED, "lr": 0.1859962872003881, "weight_decay": 0.01,
                                    "trust_coef": 0.011496929784934084, "alpha0": 0.457239599273618,
                                    "warmup_frac": 0.1647187380126241}),
+    # not tuned: DALS's fine-tuning defaults, the decay out of the trust ratio, DALS's scratch rate
+    "dals@finetune-decoupled": ("finetune", {**DALS_TUNED, "decoupled_decay": True, "lr": 0.03, "weight_decay": 0.01,
+                                             "trust_coef": 0.02, "alpha0": 0.6, "warmup_frac": 0.1}),
     "dals@scratch": ("scratch", {**DALS_TUNED, "lr": 0.015960926533201702, "weight_decay": 1e-4,
                                  "trust_coef": 0.09045884683094295, "alpha0": 0.5240652422992339,
                                  "warmup_frac": 0.12579488543932626}),
@@ -271,7 +274,7 @@ def test_shipped_presets_carry_their_hyperparameters_and_train(name):
     regime, want = PRESETS[name]
     assert dalsopt.resolve(name, regime) == want
     model = mlp()
-    s = dalsopt.make(name, model, total_steps=60, regime=regime, steps_per_epoch=6)
+    s = dalsopt.make(name, model, total_steps=150, regime=regime, steps_per_epoch=15)
     assert s.meta["hyperparameters"] == want and s.meta["preset"] == name
-    losses = train(s, model, 60)
+    losses = train(s, model, 150)
     assert losses[-1] < 0.7 * losses[0]
