@@ -262,7 +262,7 @@ def resolve(name: str, regime: str = "scratch", **hp: Any) -> dict:
     unknown = sorted(set(hp) - set(defaults))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for {spec.id!r}; "
-                         f"allowed: {', '.join(sorted(defaults))}, grouping")
+                         f"allowed: {', '.join(sorted(defaults))}")
     merged = {**defaults, **hp}
     return {k: _check_value(spec.id, k, spec.defaults[k], v) for k, v in merged.items()}
 
