@@ -32,11 +32,19 @@ def test_json_is_one_object_per_epoch_then_status(capsys):
     assert last["status"] == "finished" and last["epochs"] == 3
 
 
-def test_lr_flag_and_hp_pairs_reach_the_strategy(capsys):
+def test_lr_flag_and_hp_pairs_reach_the_strategy(tmp_path, capsys):
+    """Every --hp value is in the optimizer that trained (the checkpoint's param_groups), not only the
+    rate: sgd's defaults (momentum 0.9, weight_decay 5e-4) would show if one were dropped."""
+    import torch
+
     assert cli.main(FAST + ["--strategy", "sgd", "--epochs", "1", "--lr", "0.002", "--hp", "momentum=0.5",
-                            "--hp", "weight_decay=0", "--json"]) == 0
+                            "--hp", "weight_decay=0", "--json", "--checkpoint", str(tmp_path)]) == 0
     first = json.loads(capsys.readouterr().out.splitlines()[0])
     assert first["lr_bottom"] == first["lr_top"] == pytest.approx(0.002)
+    saved = torch.load(tmp_path / "trial.pt", map_location="cpu", weights_only=True)
+    groups = saved["strategy"]["optimizer"]["param_groups"]
+    assert len(groups) == 4  # the MLP's blocks
+    assert {(g["lr"], g["momentum"], g["weight_decay"]) for g in groups} == {(0.002, 0.5, 0.0)}
 
 
 def test_table_output(capsys):
@@ -61,6 +69,42 @@ def test_checkpoint_flag_resumes(tmp_path, capsys):
     assert cli.main(args) == 0  # finished: nothing left to train, the status line again
     again = capsys.readouterr().out.strip().splitlines()
     assert again == first[-1:] and json.loads(again[0])["epochs"] == 2
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_second")} for r in rows]
+
+
+def test_checkpoint_resumed_mid_run_is_bit_identical(tmp_path, capsys, monkeypatch):
+    """Ctrl+C right after epoch 1's checkpoint, the same command again: epochs 2-3 and the final
+    weights are exactly those of a run never stopped (dals: momentum, phase state and warmup schedule
+    in the checkpoint; the data order per epoch)."""
+    import torch
+
+    from sweeps.train.trial import Trial
+
+    args = FAST + ["--strategy", "dals", "--epochs", "3", "--json", "--checkpoint"]
+    assert cli.main(args + [str(tmp_path / "whole")]) == 0
+    whole = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    save = Trial.save
+
+    def save_then_interrupt(trial: Trial, path) -> None:
+        save(trial, path)
+        if trial.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trial, "save", save_then_interrupt)
+    assert cli.main(args + [str(tmp_path / "cut")]) == 130
+    assert capsys.readouterr().out == ""  # stopped between epoch 1's checkpoint and its line
+    monkeypatch.setattr(Trial, "save", save)
+    assert cli.main(args + [str(tmp_path / "cut")]) == 0
+    resumed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.get("epoch") for r in resumed[:-1]] == [2, 3]
+    assert _without_timing(resumed) == _without_timing(whole[1:])
+    a, b = (torch.load(tmp_path / d / "trial.pt", weights_only=True) for d in ("whole", "cut"))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 @pytest.mark.parametrize("argv,match", [
