@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import dalsopt
 from dalsopt import presets
 
-from sweeps.train import models
+from sweeps.train import models, precision
 from sweeps.train.data import registry as datasets
 from sweeps.train.hints import did_you_mean
 
@@ -83,6 +83,10 @@ class TrialConfig:
         "file:/hf: datasets: label column (default: label)"))
     augment: bool = field(default=False, metadata=_help("random crop + flip (image datasets)"))
     device: str | None = field(default=None, metadata=_help("cpu, cuda[:N] or mps (default: cuda if available)"))
+    precision: str | None = field(default=None, metadata=_help(
+        "autocast dtype of forward and loss; fp16 with loss scaling (default: bf16 when fine-tuning on a "
+        "CUDA device with bf16, else fp32)", choices=precision.PRECISIONS))
+    compile: bool = field(default=False, metadata=_help("torch.compile the model (the first steps compile it)"))
 
     # ------------------------------------------------------------------ building
 
@@ -199,8 +203,10 @@ def _validated(cfg: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{key} must be a string, got {cfg[key]!r}")
     if cfg["data_dir"] is not None:  # relative to where the sweep starts (Ray runs trials elsewhere)
         cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
-    if not isinstance(cfg["augment"], bool):
-        raise ValueError(f"augment must be true or false, got {cfg['augment']!r}")
+    for key in ("augment", "compile"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
+    precision.check(cfg["precision"])
     if cfg["augment"] and kind != "image":
         raise ValueError(f"augment applies to image datasets only, not {dataset!r}")
     if cfg["device"] is not None and not str(cfg["device"]).startswith(("cpu", "cuda", "mps")):
