@@ -19,12 +19,13 @@ SINGLE_PANEL_MAX = 8  # strategies one panel shows legibly; more are split by ge
 EARLY_SHARE = 0.8  # a log epoch axis when curves cover this share of their change in the first quarter
 LOGIT_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 GREY = "0.8"  # the other generations' curves
+X_LABELS = {"epoch": "epoch", "steps": "optimizer step"}
 
 
-def curve_stats(group: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (generation, strategy, epoch): mean, std and count of the metric over seeds (a diverged
-    seed's blanked epochs left out)."""
-    stats = group.groupby(["generation", "strategy", "epoch"])[metric].agg(["mean", "std", "count"])
+def curve_stats(group: pd.DataFrame, metric: str, x: str = "epoch") -> pd.DataFrame:
+    """Per (generation, strategy, x): mean, std and count of the metric over seeds (a diverged
+    seed's blanked epochs left out). `x` is "epoch" or "steps" (optimizer steps so far)."""
+    stats = group.groupby(["generation", "strategy", x])[metric].agg(["mean", "std", "count"])
     return stats.dropna(subset=["mean"]).reset_index()
 
 
@@ -44,13 +45,13 @@ def early_action(stats: pd.DataFrame) -> bool:
     return bool(shares) and float(pd.Series(shares).median()) >= EARLY_SHARE
 
 
-def value_scale(stats: pd.DataFrame, metric: str) -> str:
+def value_scale(stats: pd.DataFrame, metric: str, x: str = "epoch") -> str:
     """The value axis's scale, when the curves end close together far from where they started:
     "logit" for an accuracy (a fraction in (0, 1)), "log" for another positive metric (a loss)
     spanning over a decade; else "linear"."""
     values = stats["mean"]
     low, high = float(values.min()), float(values.max())
-    late = values[stats["epoch"] >= stats["epoch"].max() / 2]
+    late = values[stats[x] >= stats[x].max() / 2]
     close = float(late.max() - late.min()) < 0.15 * (high - low)
     if "accuracy" in metric and 0 < low and high < 1 and close:
         return "logit"
@@ -72,15 +73,15 @@ def value_ticks(scale: str, low: float, high: float) -> list[float]:
     return [t for t in (m * 10.0 ** k for k in range(-4, 5) for m in (1, 2, 5)) if low * 0.8 <= t <= high * 1.25]
 
 
-def _draw(ax, s: pd.DataFrame, color, label: str, band: bool, inside_unit: bool) -> None:
-    ax.plot(s["epoch"], s["mean"], color=color, lw=1.8, marker="." if len(s) <= 20 else None, label=label,
+def _draw(ax, s: pd.DataFrame, x: str, color, label: str, band: bool, inside_unit: bool) -> None:
+    ax.plot(s[x], s["mean"], color=color, lw=1.8, marker="." if len(s) <= 20 else None, label=label,
             zorder=3)
     if band and s["std"].notna().any():
         std = s["std"].fillna(0)
         low, high = s["mean"] - std, s["mean"] + std
         if inside_unit:  # a logit axis ends short of 0 and 1
             low, high = low.clip(1e-4, 1 - 1e-4), high.clip(1e-4, 1 - 1e-4)
-        ax.fill_between(s["epoch"], low, high, color=color, alpha=0.18, lw=0)
+        ax.fill_between(s[x], low, high, color=color, alpha=0.18, lw=0)
 
 
 def _scales(ax, stats: pd.DataFrame, log_x: bool, y_scale: str) -> None:
@@ -102,17 +103,18 @@ def _scales(ax, stats: pd.DataFrame, log_x: bool, y_scale: str) -> None:
 class _Figure:
     """One dataset's curves: what every panel shares (the best of all, divergences, the axes)."""
 
-    def __init__(self, group: pd.DataFrame, metric: str, mode: str):
-        self.metric = metric
-        self.stats = curve_stats(group, metric)
-        self.per = {k: s.sort_values("epoch") for k, s in self.stats.groupby(["generation", "strategy"])}
+    def __init__(self, group: pd.DataFrame, metric: str, mode: str, x: str = "epoch"):
+        self.metric, self.x = metric, x
+        self.stats = curve_stats(group, metric, x)
+        self.per = {k: s.sort_values(x) for k, s in self.stats.groupby(["generation", "strategy"])}
         self.seeds = int(group["seed"].nunique())
         self.gens = sorted({int(g) for g, _ in self.per})
         self.split = len(self.per) > SINGLE_PANEL_MAX and len(self.gens) > 1
         self.sign = -1 if mode == "max" else 1  # sorts the best final mean first
         self.best = min(self.per.items(), key=lambda kv: self.sign * kv[1]["mean"].iloc[-1])
         self.diverged = group[group["status"] == "diverged"].groupby("strategy")["seed"].nunique()
-        self.log_x, self.y_scale = early_action(self.stats), value_scale(self.stats, metric)
+        self.log_x = x == "epoch" and early_action(self.stats)
+        self.y_scale = value_scale(self.stats, metric, x)
 
     def panel(self, ax, gen: int | None) -> None:
         """The strategies of generation `gen` (all of them for None) in colour, with bands."""
@@ -122,10 +124,10 @@ class _Figure:
         if gen is not None:  # the rest, for scale, and the best of all as the mark to beat
             for k, s in self.per.items():
                 if int(k[0]) != gen:
-                    ax.plot(s["epoch"], s["mean"], color=GREY, lw=0.8, zorder=1)
+                    ax.plot(s[self.x], s["mean"], color=GREY, lw=0.8, zorder=1)
             (best_gen, best_name), best = self.best
             if int(best_gen) != gen:
-                ax.plot(best["epoch"], best["mean"], color="0.2", lw=1.1, ls="--", zorder=2,
+                ax.plot(best[self.x], best["mean"], color="0.2", lw=1.1, ls="--", zorder=2,
                         label=f"best: {best_name} {best['mean'].iloc[-1]:.3f}")
             ax.set_title(f"gen{gen}", fontsize=10, loc="left")
         palette = plt.cm.tab10.colors if len(mine) <= 10 else plt.cm.tab20.colors
@@ -133,7 +135,7 @@ class _Figure:
             label = (f"{strategy} {s['mean'].iloc[-1]:.3f}"
                      + ("" if self.split or len(self.gens) == 1 else f" (gen{int(g)})")
                      + (f", {self.diverged[strategy]} diverged" if strategy in self.diverged else ""))
-            _draw(ax, s, palette[i % len(palette)], label, self.seeds > 1, self.y_scale == "logit")
+            _draw(ax, s, self.x, palette[i % len(palette)], label, self.seeds > 1, self.y_scale == "logit")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("best: "))  # best first, mark last
@@ -154,20 +156,22 @@ class _Figure:
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for ax in axes[-1]:
-            ax.set_xlabel("epoch" + (" (log scale)" if self.log_x else ""))
+            ax.set_xlabel(X_LABELS[self.x] + (" (log scale)" if self.log_x else ""))
         for ax in axes[:, 0]:
             ax.set_ylabel(self.metric + ("" if self.y_scale == "linear" else f" ({self.y_scale} scale)"))
         spread = f"mean ± std over {self.seeds} seeds" if self.seeds > 1 else "1 seed"
-        fig.suptitle(f"{dataset}: {self.metric} per epoch ({spread}"
+        fig.suptitle(f"{dataset}: {self.metric} per {X_LABELS[self.x]} ({spread}"
                      + ("; grey: the other generations)" if self.split else ")"), fontsize=11)
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
 
 
-def plot_curves(df: pd.DataFrame, metric: str, out_dir: Path, mode: str = "max") -> dict[str, Path]:
-    """One PNG per dataset of `df` (one row per trial and epoch): dataset -> file. `mode` says which
-    final value is best (legend order, the dashed mark)."""
+def plot_curves(df: pd.DataFrame, metric: str, out_dir: Path, mode: str = "max", x: str = "epoch",
+                prefix: str = "curves") -> dict[str, Path]:
+    """One PNG per dataset of `df` (one row per trial and epoch), `<prefix>-<dataset>.png`: dataset ->
+    file. `mode` says which final value is best (legend order, the dashed mark); `x` is the column
+    on the horizontal axis ("epoch", or "steps" where the rows carry optimizer steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,8 +179,8 @@ def plot_curves(df: pd.DataFrame, metric: str, out_dir: Path, mode: str = "max")
     for dataset, group in df[df["epoch"] > 0].groupby("dataset"):
         if metric not in group or group[metric].isna().all():
             continue
-        path = out_dir / f"curves-{file_safe(dataset)}.png"
-        _Figure(group, metric, mode).save(dataset, path)
+        path = out_dir / f"{prefix}-{file_safe(dataset)}.png"
+        _Figure(group, metric, mode, x).save(dataset, path)
         files[dataset] = path
     return files
 

@@ -19,11 +19,13 @@ import torch.nn.functional as F
 
 import dalsopt
 
+from sweeps.train import device as devices
 from sweeps.train import models
 from sweeps.train.config import TrialConfig
 from sweeps.train.data import registry as datamod
 from sweeps.train.data import text
 from sweeps.train.data.split import Split, holdout, subset
+from sweeps.train.precision import Precision
 from sweeps.train.status import TrialStatus
 
 CHECKPOINT_FILE = "trial.pt"
@@ -34,30 +36,20 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return dev
-
-
 class Trial:
     """One strategy x dataset x seed. ``run_epoch`` until ``done``; ``save``/``restore`` between epochs."""
 
     def __init__(self, config: TrialConfig | Mapping[str, Any]):
         self.config = config if isinstance(config, TrialConfig) else TrialConfig.create(**config)
         cfg = self.config
-        self.device = _device(cfg.device)
+        self.device = devices.choose(cfg.device)
+        devices.prepare(self.device)
+        self.precision = Precision.create(cfg.precision, cfg.regime, self.device)
         self.seed = cfg.seed
         self.epoch = 0
         self.status = TrialStatus.RUNNING
-        load = dict(data_dir=cfg.data_dir, eval_file=cfg.eval_file, text_column=cfg.text_column,
-                    text_column2=cfg.text_column2, label_column=cfg.label_column)
-        train, val = train_and_validation(datamod.load(cfg.dataset, "train", **load), cfg.validation,
-                                          cfg.max_train, self.seed)
-        evals = datamod.load(cfg.dataset, "eval", max_n=cfg.max_eval, seed=EVAL_SPLIT_SEED, **load)
+        train, val = training_split(cfg)
+        evals = datamod.load(cfg.dataset, "eval", max_n=cfg.max_eval, seed=EVAL_SPLIT_SEED, **_sources(cfg))
         if len(evals) == 0 or len(train) == 0:
             raise ValueError(f"dataset {cfg.dataset!r} has an empty train or eval split")
         self.kind = train.kind
@@ -67,6 +59,7 @@ class Trial:
         torch.manual_seed(self.seed)  # model init depends on the seed only, not on data loading
         self.model = models.build(cfg.model, kind=self.kind, regime=cfg.regime,
                                   num_classes=train.num_classes, **extra).to(self.device)
+        self.forward = devices.compiled(self.model, cfg.compile)
         self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.strategy = dalsopt.make(cfg.strategy, self.model, total_steps=self.total_steps,
@@ -111,13 +104,13 @@ class Trial:
             batch = {"x": _normalise(x)}
         else:
             batch = {"x": inputs["x"][index]}
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: devices.to_device(v, self.device) for k, v in batch.items()}
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.kind == "text":
-            out = self.model(**batch)
+            out = self.forward(**batch)
             return out.logits if hasattr(out, "logits") else out
-        return self.model(batch["x"])
+        return self.forward(batch["x"])
 
     # --- one epoch ----------------------------------------------------------------------------------
 
@@ -134,11 +127,12 @@ class Trial:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.train_y), generator=gen)
         self.model.train()
+        devices.start_epoch(self.device)
         loss_sum = torch.zeros((), device=self.device)
         seen, diverged = 0, False
         for step, index in enumerate(order.split(cfg.batch_size)):
             batch = self._batch(self.train_inputs, index, True, gen)
-            y = self.train_y[index].to(self.device, non_blocking=True)
+            y = devices.to_device(self.train_y[index], self.device)
             loss = self._train_step(batch, y)
             loss_sum += loss * len(index)
             seen += len(index)
@@ -159,28 +153,20 @@ class Trial:
             self.status = TrialStatus.FINISHED
         lr_bottom, lr_top = (float(self.strategy.optimizer.param_groups[i]["lr"]) for i in self._block_groups)
         metrics = {
-            "epoch": self.epoch, "train_loss": train_loss, "eval_accuracy": eval_acc, "eval_loss": eval_loss,
+            "epoch": self.epoch, "steps": self.epoch * self.steps_per_epoch, "train_loss": train_loss,
+            "eval_accuracy": eval_acc, "eval_loss": eval_loss,
             **val,
             "lr_bottom": lr_bottom, "lr_top": lr_top, "seconds": time.perf_counter() - start,
             "examples_per_second": seen / max(train_seconds, 1e-9), "status": str(self.status),
+            **self.precision.metrics(), **devices.epoch_metrics(self.device),
         }
         self.history.append(metrics)
         return metrics
 
     def _train_step(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        """Forward, backward, ``s.step(loss=..., closure=...)``; the closure re-evaluates (SAM's 2nd pass)."""
-        def closure() -> torch.Tensor:
-            with torch.enable_grad():
-                again = F.cross_entropy(self._logits(batch), y)
-                again.backward()
-            return again.detach()
-
-        self.strategy.zero_grad()
-        loss = F.cross_entropy(self._logits(batch), y)
-        loss.backward()
-        loss = loss.detach()
-        self.strategy.step(loss=loss, closure=closure)
-        return loss
+        """Forward, backward, ``s.step(loss=..., closure=...)`` in the trial's precision
+        (`sweeps.train.precision`); the closure re-evaluates the loss (SAM's 2nd pass)."""
+        return self.precision.step(self.strategy, lambda: F.cross_entropy(self._logits(batch), y))
 
     @torch.no_grad()
     def evaluate(self, inputs: dict[str, torch.Tensor] | None = None,
@@ -194,8 +180,9 @@ class Trial:
         total = torch.zeros((), device=self.device)
         for index in torch.arange(n).split(2 * self.config.batch_size):
             batch = self._batch(inputs, index, False, None)
-            y = labels[index].to(self.device, non_blocking=True)
-            logits = self._logits(batch).float()
+            y = devices.to_device(labels[index], self.device)
+            with self.precision.autocast():
+                logits = self._logits(batch).float()
             total += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
         self.model.train()
@@ -214,6 +201,7 @@ class Trial:
             "history": self.history,
             "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "precision": self.precision.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -234,11 +222,29 @@ class Trial:
             raise ValueError(f"checkpoint {file} belongs to another trial config")
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
+        self.precision.load_state_dict(state.get("precision"))
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         self.status = TrialStatus(state["status"])
+
+
+def _sources(cfg: TrialConfig) -> dict[str, Any]:
+    """Where a dataset's rows come from (a data folder, a user table's files and columns)."""
+    return dict(data_dir=cfg.data_dir, eval_file=cfg.eval_file, text_column=cfg.text_column,
+                text_column2=cfg.text_column2, label_column=cfg.label_column)
+
+
+def training_split(cfg: TrialConfig) -> tuple[Split, Split | None]:
+    """(the rows the trial trains on, its validation rows or None), as the trial draws them."""
+    full = datamod.load(cfg.dataset, "train", **_sources(cfg))
+    return train_and_validation(full, cfg.validation, cfg.max_train, cfg.seed)
+
+
+def steps_per_epoch(cfg: TrialConfig) -> int:
+    """Optimizer steps in one epoch of the trial (the last batch may be short)."""
+    return math.ceil(len(training_split(cfg)[0]) / cfg.batch_size)
 
 
 def train_and_validation(full: Split, validation: float | None, max_train: int | None,
