@@ -151,3 +151,22 @@ def test_console_script_runs_outside_the_repo(tmp_path):
     bad = subprocess.run([str(exe), "train", "--dataset", "nope"], capture_output=True, text=True, timeout=120,
                          env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("dals: error: unknown dataset")
+
+
+def test_hf_folder_and_model_folder_by_path(tmp_path, capsys):
+    """`--dataset hf:PATH` (a save_to_disk folder) with `--model PATH` (the MiniLM folder by its path,
+    not the name `minilm`): fine-tunes offline; a model path that is no folder is one line."""
+    import datasets
+
+    from sweeps.train.models import minilm_path
+
+    rows = {"text": [f"{'what is' if i % 2 else 'who was'} thing {i} ?" for i in range(40)],
+            "label": [i % 2 for i in range(40)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "qs")
+    tiny = ["--max-train", "32", "--max-eval", "8", "--max-length", "16", "--batch-size", "16", "--epochs", "1"]
+    argv = ["train", "--dataset", f"hf:{tmp_path / 'qs'}", "--strategy", "adamw", *tiny, "--json"]
+    assert cli.main(argv + ["--model", str(minilm_path())]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["status"] == "finished" and lines[0]["train_loss"] > 0
+    assert cli.main(argv + ["--model", str(tmp_path / "no-model")]) == 2
+    assert f"model folder not found: {tmp_path / 'no-model'}" in capsys.readouterr().err

@@ -238,3 +238,32 @@ def test_encoder_tokenizer_encodes_pairs():
     enc = text.encode_tokenizer(tr, tok, max_length=32)
     assert enc.inputs["input_ids"].shape == (16, 32)  # RTE pairs all exceed 32 tokens
     assert (enc.inputs["input_ids"] == tok.sep_token_id).sum(1).min() == 2
+
+
+def test_hf_local_folder_saved_with_save_to_disk(tmp_path, monkeypatch):
+    """`hf:PATH` reads a `datasets.save_to_disk` folder with no network (offline here): a DatasetDict
+    keeps its splits and ClassLabel names, one Dataset is split 80/20 like a file."""
+    import datasets
+
+    monkeypatch.setenv("DALS_OFFLINE", "1")
+    frame = _table(40)
+    labels = datasets.ClassLabel(names=["neg", "pos"])
+    rows = {"review": list(frame["review"]), "label": [int(s == "pos") for s in frame["sentiment"]]}
+    features = datasets.Features({"review": datasets.Value("string"), "label": labels})
+    whole = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": whole.select(range(30)), "test": whole.select(range(30, 40))}).save_to_disk(
+        tmp_path / "dict")
+    kw = dict(eval_file=None, text_column="review", text_column2=None, label_column="label")
+    tr, ev = data.load(f"hf:{tmp_path / 'dict'}", "train", **kw), data.load(f"hf:{tmp_path / 'dict'}", "eval", **kw)
+    assert (len(tr), len(ev), tr.label_names) == (30, 10, ("neg", "pos"))
+    assert tr.texts == tuple(rows["review"][:30]) and ev.y.tolist() == rows["label"][30:]
+
+    datasets.Dataset.from_dict({"review": rows["review"], "sentiment": list(frame["sentiment"])}).save_to_disk(
+        tmp_path / "one")
+    kw["label_column"] = "sentiment"
+    tr, ev = data.load(f"hf:{tmp_path / 'one'}", "train", **kw), data.load(f"hf:{tmp_path / 'one'}", "eval", **kw)
+    assert (len(tr), len(ev), tr.label_names) == (32, 8, ("neg", "pos")) and not set(tr.texts) & set(ev.texts)
+    with pytest.raises(ValueError, match=r"'.*one': no column 'text'; columns are review, sentiment"):
+        data.load(f"hf:{tmp_path / 'one'}", "train", **{**kw, "text_column": "text"})
+    with pytest.raises(FileNotFoundError, match=r"cannot load Hugging Face dataset '.*/missing'"):
+        data.load(f"hf:{tmp_path / 'missing'}", "train", **kw)

@@ -206,3 +206,47 @@ def test_paper_finetune_cpu_runs_the_fine_tuning_questions():
     cfg = next(t for t in spec.trials() if t.dataset == "trec6").config()
     assert (cfg.max_train, cfg.max_length, cfg.validation) == (None, 32, 0.1)
     assert cfg.hp["lr"] == pytest.approx(0.6 * dalsopt.resolve(cfg.strategy, "finetune")["lr"])
+
+
+# ----------------------------------------------------------------------------- user data, checked up front
+
+USER_SWEEP = """
+name: user-data
+grid: {{strategies: [sgd], datasets: ["file:{table}"], seeds: [0]}}
+defaults: {{epochs: 1, text_column: {text}, label_column: {label}}}
+"""
+USER_TUNE = """
+name: user-tune
+tune:
+  strategy: sgd
+  datasets: ["file:{table}"]
+  space: {{lr: {{type: float, low: 0.001, high: 0.1, log: true}}}}
+  trials: 2
+  concurrency: 1
+defaults: {{epochs: 1, text_column: {text}, label_column: {label}}}
+"""
+
+
+@pytest.mark.parametrize("template,command", [(USER_SWEEP, ["sweep", "run"]), (USER_TUNE, ["tune", "run"])],
+                         ids=["sweep", "tune"])
+@pytest.mark.parametrize("case,text,label,words", [
+    ("missing file", "review", "y", ["datasets: file:", "data file not found", "missing.csv"]),
+    ("no text column", "text", "y", ["datasets: file:", "no column 'text'; columns are review, y"]),
+    ("no label column", "review", "label", ["datasets: file:", "no column 'label'; columns are review, y"]),
+])
+def test_dry_run_reads_the_user_data_before_anything_starts(tmp_path, template, command, case, text, label, words):
+    """README: a spec is validated before anything starts, its user data included (was exit 0 here,
+    the trial failing once Ray ran)."""
+    from cli_harness import fenced, one_line_error, run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "reviews.csv").write_text("review,y\ngood,1\nbad,0\n" * 10)
+    table = data / ("missing.csv" if case == "missing file" else "reviews.csv")
+    spec = write(tmp_path, template.format(table=table, text=text, label=label))
+    with fenced():
+        line = one_line_error(run_cli([*command, str(spec), "--dry-run"], tmp_path), str(spec), *words)
+        assert line.startswith(f"{spec}: {'grid' if command[0] == 'sweep' else 'tune'}.datasets: file:{table}: ")
+        good = write(tmp_path, template.format(table=data / "reviews.csv", text="review", label="y"), "good.yaml")
+        v = run_cli([*command, str(good), "--dry-run"], tmp_path)
+    assert (v.code, v.err) == (0, ""), v.err

@@ -209,10 +209,13 @@ def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
         assert metric_steps(folder, child) == list(range(1, epochs + 1))
 
 
-def test_failed_trial_is_tracked_reported_and_exits_1(in_tmp, capsys):
+def test_failed_trial_is_tracked_reported_and_exits_1(in_tmp, capsys, monkeypatch):
+    # a hub dataset offline: the spec cannot check it (network), so its trial fails once it runs
+    # (a missing file: is an error before anything starts, tests/test_spec.py)
+    monkeypatch.setenv("DALS_OFFLINE", "1")
     path = write_spec(in_tmp, """
         name: failing
-        grid: {strategies: [sgd], datasets: [synthetic, "file:/no/such/table.csv"], seeds: [0]}
+        grid: {strategies: [sgd], datasets: [synthetic, "hf:no-such-org/no-such-data"], seeds: [0]}
         defaults: {epochs: 1, max_train: 500}
         failure: {max_retries: 0}
     """)
@@ -226,7 +229,7 @@ def test_failed_trial_is_tracked_reported_and_exits_1(in_tmp, capsys):
     status = {c.data.tags[tracking.TAG_KEY]: (c.data.tags[tracking.TAG_STATUS], c.info.status)
               for c in children}
     assert status == {"sgd/synthetic/0": ("finished", "FINISHED"),
-                      "sgd/file:/no/such/table.csv/0": ("failed", "FAILED")}
+                      "sgd/hf:no-such-org/no-such-data/0": ("failed", "FAILED")}
     report = (in_tmp / "results" / "failing" / "report.md").read_text()
     assert "2 trials: 1 failed, 1 finished" in report
 

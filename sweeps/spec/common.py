@@ -296,6 +296,22 @@ def validation_line(err: ValidationError) -> str:
     return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
 
 
+def check_data(configs: list[TrialConfig], section: str, source: str) -> None:
+    """Each user dataset's files read once, as its trials will read them: a missing file or column
+    is one line now, not a failed trial after Ray started."""
+    seen = set()
+    for cfg in configs:
+        where = dict(eval_file=cfg.eval_file, text_column=cfg.text_column, text_column2=cfg.text_column2,
+                     label_column=cfg.label_column)
+        if (cfg.dataset, *where.values()) in seen:
+            continue
+        seen.add((cfg.dataset, *where.values()))
+        try:
+            datasets.check_readable(cfg.dataset, **where)
+        except (ValueError, OSError) as e:
+            raise SpecError(f"{source}: {section}: {cfg.dataset}: {first_line(e)}") from None
+
+
 def check_defaults(defaults: TrialSettings, strategies: list[str], datasets: list[str],
                    source: str) -> None:
     """`defaults` that every dataset overrides must still fit some dataset: `epochs: 0` there is a

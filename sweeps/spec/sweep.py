@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sweeps.spec.common import (
-    MAX_SEED, MAX_TRIALS, Asha, Failure, Int, SpecBase, SpecError, Strict, TrialSettings, check_defaults,
-    expand_strategies, first_line, kind_name, known_datasets, strategy_generations, validation_line,
+    MAX_SEED, MAX_TRIALS, Asha, Failure, Int, SpecBase, SpecError, Strict, TrialSettings, check_data,
+    check_defaults, expand_strategies, first_line, kind_name, known_datasets, strategy_generations, validation_line,
 )
 from sweeps.spec.loader import read_yaml, resolve_path
 from sweeps.train.config import TrialConfig
@@ -194,6 +194,7 @@ def parse_spec(data: Any, source: str = "<spec>", *, check_trials: bool = True) 
                 where = _culprit(spec, trial)
                 raise SpecError(f"{source}: {where} (trial {trial.key}): {first_line(e)}") from None
         check_defaults(spec.defaults, spec.grid.strategies, spec.grid.datasets, source)
+        check_data([t.config() for t in spec.trials()[:: len(spec.grid.seeds)]], "grid.datasets", source)
     return spec
 
 

@@ -18,7 +18,7 @@ import dalsopt
 
 from sweeps.spec.common import (
     DEFAULT_VALIDATION, MAX_SEED, MAX_TRIALS, METRICS, VAL_METRICS, Asha, Float, Int, Scalar, SpecBase,
-    SpecError, Strict, TrialSettings, check_defaults, expand_strategies, first_line, known_datasets,
+    SpecError, Strict, TrialSettings, check_data, check_defaults, expand_strategies, first_line, known_datasets,
     kind_name, validation_line,
 )
 from sweeps.spec.credentials import no_credentials
@@ -209,13 +209,15 @@ def parse_tune_spec(data: Any, source: str = "<spec>", *, check_trials: bool = T
         raise SpecError(f"{source}: {validation_line(e)}") from None
     if check_trials:
         sample = {k: p.sample_value() for k, p in spec.tune.space.items()}
+        configs = []
         for study in spec.studies():
             try:
-                study.configs(0, sample)
+                configs += study.configs(0, sample)
             except (ValueError, TypeError) as e:
                 where = _culprit(study)
                 raise SpecError(f"{source}: {where}: study {study.name}: {first_line(e)}") from None
         check_defaults(spec.defaults, [spec.tune.strategy], spec.tune.datasets, source)
+        check_data(configs, "tune.datasets", source)
     return spec
 
 

@@ -85,6 +85,20 @@ def default_regime(dataset_id: str) -> str:
     return DATASETS[dataset_id].regime if dataset_id in DATASETS else "finetune"
 
 
+def check_readable(dataset_id: str, *, eval_file: str | None = None, text_column: str | None = None,
+                   text_column2: str | None = None, label_column: str | None = None) -> None:
+    """Read a ``file:`` table (and its eval file) or a local ``hf:`` folder as a trial will, so a
+    missing file or column is a spec error before anything starts. Hub ids are left to the trials:
+    checking them needs the network."""
+    if not is_user_dataset(dataset_id):
+        return
+    if dataset_id.startswith("hf:") and not sources.is_local_folder(dataset_id[3:]):
+        return
+    for split in SPLITS:
+        sources.user_dataset(dataset_id, split, eval_file=eval_file, text_column=text_column,
+                             text_column2=text_column2, label_column=label_column)
+
+
 def data_root(data_dir: str | os.PathLike | None) -> Path:
     """Where dataset folders live: ``data_dir``, else $DALS_DATA_DIR, else the copies shipped in the package."""
     if data_dir is not None:

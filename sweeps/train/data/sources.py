@@ -327,20 +327,29 @@ def _to_split(table, train_table, where: str) -> Split:
     return Split(y=y, texts=texts, texts2=texts2, num_classes=len(names), label_names=names, kind="text")
 
 
+def is_local_folder(ref: str) -> bool:
+    """``hf:`` names a folder (``save_to_disk``'s) when it is a path: absolute, relative or ``~``."""
+    return ref.startswith((".", "/", "~")) or Path(ref).expanduser().is_dir()
+
+
 def hf_dataset(repo: str, config: str | None, split: str, *, text_column: str, label_column: str,
                text_column2: str | None = None, eval_split: str | None = None) -> Split:
-    """A Hugging Face hub dataset (needs network or a warm local cache)."""
-    if not reachable("huggingface.co"):
+    """A Hugging Face hub dataset (needs network or a warm local cache), or a folder written by
+    ``datasets.save_to_disk`` (read with ``load_from_disk``, never the network)."""
+    local = is_local_folder(repo)
+    if not local and not reachable("huggingface.co"):
         raise FileNotFoundError(
             f"Hugging Face dataset {repo!r} needs network access (offline or no network here); "
-            "use file:PATH with a local copy instead"
+            "use file:PATH or a save_to_disk folder with a local copy instead"
         )
     try:
         import datasets
 
-        ds = datasets.load_dataset(repo, config)
+        ds = datasets.load_from_disk(str(Path(repo).expanduser())) if local else datasets.load_dataset(repo, config)
     except Exception as exc:
         raise FileNotFoundError(f"cannot load Hugging Face dataset {repo!r} ({_first_line(exc)})") from None
+    if local and not isinstance(ds, datasets.DatasetDict):  # one saved Dataset: its rows are the train split
+        ds = datasets.DatasetDict({"train": ds})
     if "train" not in ds:
         raise ValueError(f"Hugging Face dataset {repo!r} has no 'train' split; splits: {', '.join(ds)}")
     if eval_split is None:
