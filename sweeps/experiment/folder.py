@@ -27,6 +27,7 @@ SPEC_COPY = "dals-spec.yaml"
 RESULT_FILE = "result.json"  # Ray's, per trial
 PARAMS_FILE = "params.json"  # Ray's, per trial: the trial's config
 FINAL_FILE = "dals-final.json"  # per trial, written as Tune ends it (`resume.record_final`)
+REPORTED_FILE = "dals-reported.json"  # per trial: epochs reported since its last checkpoint
 
 
 @dataclass(frozen=True)

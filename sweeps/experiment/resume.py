@@ -10,6 +10,10 @@ worker lost) be run again with nothing lost and nothing trained twice, on any st
 - Each checkpoint holds `CHECKPOINT_META` (its epoch and files, written last): a checkpoint is whole
   when every file it lists is there, which is read from a listing and one small file, also on an
   object store (no checkpoint is downloaded to learn its epoch).
+- A trial saves a checkpoint when `CheckpointEvery` says (every N epochs and/or S seconds, always
+  at its end), not every epoch. Between checkpoints each epoch it reports goes to `REPORTED_FILE`
+  first: a trial redone from an older checkpoint trains those epochs again (bit for bit on CPU)
+  and reports them as it first did (`reported_before`), so no recorded epoch changes.
 - After a run (`complete_results`): result.json gets what a killed driver left out for trials Tune
   will not run again (MLflow's side: `sweeps.tracking.sync.reconcile_tracking`).
 """
@@ -20,14 +24,17 @@ import contextlib
 import json
 import posixpath
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow.fs
 import torch
 
-from sweeps.experiment.folder import FINAL_FILE, RESULT_FILE, final_record, own_metrics, parse_rows
+from sweeps.experiment.folder import (
+    FINAL_FILE, REPORTED_FILE, RESULT_FILE, final_record, own_metrics, parse_rows,
+)
 from sweeps.experiment.storage import CHECKPOINT_PREFIX, download, entries, is_local, read_at, remove_dir
 from sweeps.train.status import ENDED_BY_TRIAL, TrialStatus
 from sweeps.train.trial import CHECKPOINT_FILE
@@ -119,6 +126,23 @@ class TrialFolder:
             if not entries(self.fs, path):
                 remove_dir(self.fs, path)
 
+    def empty_older_checkpoints(self, newest: str, keep: int) -> None:
+        """Empty the checkpoints older than `newest` (a whole one just registered), keeping the
+        `keep - 1` newest of them: Tune keeps every checkpoint (`num_to_keep=None`, so it does
+        not force a snapshot of the whole experiment at each one); this keeps `keep`. Folders newer
+        than `newest` (being written) are never touched; emptied ones stay (`SweepFiles.delete_dir`)."""
+        name = posixpath.basename(newest.rstrip("/"))
+        older = [p for p in self.checkpoints() if posixpath.basename(p) < name and entries(self.fs, p)]
+        for path in older[: max(0, len(older) - (keep - 1))]:
+            self.fs.delete_dir_contents(path, missing_dir_ok=True)
+
+    def reported_before(self) -> dict[int, dict[str, Any]]:
+        """Epoch -> the metrics the trial reported for it since its last checkpoint (`REPORTED_FILE`)."""
+        try:
+            return {int(k): v for k, v in json.loads(self.read(REPORTED_FILE) or "{}").items()}
+        except (ValueError, AttributeError):
+            return {}
+
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -129,6 +153,26 @@ def save_checkpoint(trial: Resumable, folder: str | Path) -> None:
     root = Path(folder)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     (root / CHECKPOINT_META).write_text(json.dumps({"epoch": trial.epoch, "files": files}))
+
+
+@dataclass
+class CheckpointEvery:
+    """When a trial saves a checkpoint: after every `epochs`-th epoch and/or once `seconds` have
+    passed since its last one (either is enough; None: not that way), and always at its end. A
+    trial killed in between is redone from its last checkpoint."""
+
+    epochs: int | None = None
+    seconds: float | None = None
+    _last: float = field(default_factory=time.monotonic, repr=False)
+
+    def due(self, trial: Resumable) -> bool:
+        """Whether to save now (after an epoch); starts the next interval when it is."""
+        now = time.monotonic()
+        due = (trial.done or (self.epochs is not None and trial.epoch % self.epochs == 0)
+               or (self.seconds is not None and now - self._last >= self.seconds))
+        if due:
+            self._last = now
+        return due
 
 
 def checkpoint_epoch(fs: pyarrow.fs.FileSystem, path: str) -> int | None:

@@ -17,6 +17,9 @@ What Ray writes goes through `SweepFiles`, a thin wrapper over the store's own f
   completes, multipart ones included, or not at all), so files go straight to the store; state
   files are checked in memory first (`_WholeUpload`), nothing emulates a rename.
 - Checkpoint folders Tune drops are emptied, not removed (`SweepFiles.delete_dir`).
+- Ray's snapshot copies the whole staging folder each time (every trial's files: quadratic in the
+  trials over a sweep); `upload_changed` copies only the files that changed since it last copied
+  them, so a snapshot costs what changed, not what exists.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import io
 import json
 import os
 import pickletools
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -264,6 +269,55 @@ class AtomicLocalFiles(SweepFiles):
 
     def open_output_stream(self, path: str, metadata: Any):
         return pyarrow.PythonFile(_AtomicWriter(path), mode="w")
+
+
+# ----------------------------------------------------------------------------- snapshots
+
+STABLE_S = 2.0  # a file last modified this long ago is not being written (Ray writes in bursts)
+_copied: dict[tuple[str, str], tuple[int, int]] = {}  # (source, dest) -> (size, mtime_ns) copied
+_copied_lock = threading.Lock()
+
+
+def upload_changed(local_path: str, fs: pyarrow.fs.FileSystem, fs_path: str,
+                   exclude: list[str] | None = None) -> None:
+    """Ray's `_upload_to_fs_path` for the driver's snapshots, copying only what changed: a file
+    whose size and mtime are those it had when this process last copied it whole is skipped.
+    A file is remembered only when it was stable (untouched for `STABLE_S`) as it was read, so a
+    copy taken while Ray rewrote it (dropped as torn, see `_whole`, or whole but older) is made
+    again next time. A new driver (a resumed sweep) remembers nothing and copies everything once.
+    A single file or an `exclude` list goes to Ray's own upload."""
+    if exclude or not os.path.isdir(local_path):
+        from ray.train._internal.storage import _upload_to_fs_path
+
+        _upload_to_fs_path(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+        return
+    made: set[str] = set()
+    for root, _, files in os.walk(local_path):
+        rel = os.path.relpath(root, local_path)
+        dest_dir = fs_path if rel == "." else f"{fs_path}/{Path(rel).as_posix()}"
+        for name in files:
+            src, dest = os.path.join(root, name), f"{dest_dir}/{name}"
+            try:
+                st = os.stat(src)
+            except FileNotFoundError:  # Ray replaced it between the listing and now
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            with _copied_lock:
+                if _copied.get((src, dest)) == stamp:
+                    continue
+            if dest_dir not in made:
+                fs.create_dir(dest_dir, recursive=True)
+                made.add(dest_dir)
+            try:
+                with open(src, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            with fs.open_output_stream(dest) as out:
+                out.write(data)
+            if time.time() - st.st_mtime >= STABLE_S and len(data) == st.st_size:
+                with _copied_lock:
+                    _copied[(src, dest)] = stamp
 
 
 # ----------------------------------------------------------------------------- reads and writes

@@ -6,20 +6,21 @@ see `sweeps.experiment.folder`), `fresh=True` deletes it first.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 from ray.tune import Callback
 
 from sweeps.experiment import resume
 from sweeps.experiment.faults import Faults
-from sweeps.experiment.folder import experiment_dir, saved_trials, start_or_resume
+from sweeps.experiment.folder import REPORTED_FILE, experiment_dir, saved_trials, start_or_resume
 from sweeps.experiment.storage import filesystem
 from sweeps.report.tables import write_report
 from sweeps.runner.progress import ProgressCallback
@@ -37,8 +38,9 @@ from sweeps.train.trial import Trial
 # ----------------------------------------------------------------------------- the trainable
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """Ray function trainable: one `Trial`, resumed from its newest checkpoint, reported every epoch.
+def train_trial(config: dict[str, Any], every: dict[str, Any] | None = None) -> None:
+    """Ray function trainable: one `Trial`, resumed from its newest checkpoint, reported every
+    epoch, checkpointed when `every` (`resume.CheckpointEvery`'s arguments) says.
 
     Epochs the driver never recorded (it was killed) are reported again from the checkpoint or the
     trial's final record, not trained again (`resume.resume`, which finds the newest checkpoint in
@@ -50,14 +52,39 @@ def train_trial(config: dict[str, Any]) -> None:
     replay = resume.resume(trial, folder, restored=tune.get_checkpoint() is not None)
     for metrics in replay:
         tune.report(dict(metrics))
-    faults = Faults.from_env(config["trial"]["key"], folder)
+    run_epochs(trial, folder, resume.CheckpointEvery(**(every or {})),
+               Faults.from_env(config["trial"]["key"], folder), _report)
+
+
+def _report(metrics: dict[str, Any], checkpoint: str | None) -> None:
+    tune.report(metrics, checkpoint=checkpoint and tune.Checkpoint.from_directory(checkpoint))
+
+
+def run_epochs(trial: Trial, folder: resume.TrialFolder, every: resume.CheckpointEvery,
+               faults: Faults, report: Callable[[dict[str, Any], str | None], None]) -> None:
+    """Train the rest of `trial`, calling `report(metrics, checkpoint folder or None)` per epoch.
+
+    An epoch without a checkpoint is written to the trial's `REPORTED_FILE` before it is
+    reported; redone from an older checkpoint (the trial was killed), an epoch found there is
+    reported as it was the first time (training is bit-identical; its timings are not)."""
+    before = folder.reported_before()
+    since: dict[int, dict[str, Any]] = {}
     system = SystemSampler()  # the worker's CPU, memory and GPU per epoch (MLflow's system metrics)
     while not trial.done:
         metrics = {**trial.run_epoch(), **system.sample()}
         faults.after_epoch(trial.epoch)
-        with tempfile.TemporaryDirectory() as tmp:
-            resume.save_checkpoint(trial, tmp)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if trial.epoch in before:
+            metrics = before[trial.epoch]
+            trial.history[-1] = {k: metrics.get(k, v) for k, v in trial.history[-1].items()}
+        if every.due(trial):
+            with tempfile.TemporaryDirectory() as tmp:
+                resume.save_checkpoint(trial, tmp)
+                report(metrics, tmp)
+            since = {}
+        else:
+            since[trial.epoch] = metrics
+            folder.write(REPORTED_FILE, json.dumps(since, default=str))
+            report(metrics, None)
 
 
 def trial_entry(trial: TrialSpec) -> dict[str, Any]:
@@ -81,8 +108,8 @@ def trial_name(trial: Any) -> str:
 
 
 def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
-    trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu,
-                                                  "gpu": spec.resources.gpu})
+    trainable = tune.with_resources(tune.with_parameters(train_trial, every=spec.checkpoint.policy()),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # Ray gets the storage's filesystem and paths inside it (`sweeps.experiment.storage`): files
     # appear whole, a kill never leaves a truncated one, on a local disk or in a bucket
     fs, folder = filesystem(experiment_dir(spec))
@@ -99,7 +126,9 @@ def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
         name=spec.name, storage_path=filesystem(spec.storage_path())[1], storage_filesystem=fs, verbose=0,
         callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+        # Tune keeps every checkpoint (with num_to_keep it snapshots the whole experiment, waiting,
+        # at each one: per trial, work that grows with the sweep); `KeepCheckpoints` prunes them
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
     )
     tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(entries)},
                        tune_config=tune_config, run_config=run_config)
@@ -110,6 +139,19 @@ def saved_counts(folder: str) -> tuple[int, int]:
     """(finished, failed) trials as Tune saved them."""
     statuses = [t.status for t in saved_trials(folder)]
     return statuses.count("TERMINATED"), statuses.count("ERROR")
+
+
+class KeepCheckpoints(Callback):
+    """Keep a running trial's `keep` newest checkpoints: the older ones are emptied as a new one
+    registers (`TrialFolder.empty_older_checkpoints`), in place of Tune's `num_to_keep`."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        folder = resume.TrialFolder.of(trial)
+        if folder is not None:
+            folder.empty_older_checkpoints(checkpoint.path, self.keep)
 
 
 class DropFinalCheckpoints(Callback):
@@ -153,7 +195,8 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
     entries = [trial_entry(t) for t in spec.trials()]
     store = Store(meta.tracking_uri, meta.experiment) if meta.tracking_uri else None
     callbacks: list = [ProgressCallback(spec.name, len(entries), spec.metric, spec.mode,
-                                        epochs=max(int(e["config"]["epochs"]) for e in entries))]
+                                        epochs=max(int(e["config"]["epochs"]) for e in entries)),
+                       KeepCheckpoints(spec.keep_checkpoints)]
     if not spec.keep_final_checkpoint:
         callbacks.append(DropFinalCheckpoints())
     parent_id = None

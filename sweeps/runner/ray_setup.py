@@ -22,6 +22,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     keep_credentials_home()
+    snapshot_what_changed()
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
@@ -43,6 +44,23 @@ def keep_credentials_home() -> None:
 
     class_cache.ENV_VARS_TO_PROPAGATE -= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                           "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def snapshot_what_changed() -> None:
+    """Ray's experiment snapshots (every trial's files, copied from the driver's staging folder
+    to storage) copy only the files that changed (`storage.upload_changed`): Ray copies them all,
+    and over a sweep that grows with the square of its trials (measured: 180 tiny trials, the
+    driver's system time 14x that of 36). Ray 2.60 takes no syncer of ours (`SyncConfig` has no
+    such field), so its storage syncer's upload command is replaced, in this driver only."""
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from sweeps.experiment.storage import upload_changed
+
+    def _sync_up_command(self, local_path: str, uri: str, exclude: list | None = None):
+        return upload_changed, dict(local_path=local_path, fs=self.storage_filesystem, fs_path=uri,
+                                    exclude=exclude)
+
+    _FilesystemSyncer._sync_up_command = _sync_up_command
 
 
 def scheduler(asha: Asha, max_t: int):

@@ -180,10 +180,11 @@ class Outbox:
             self._last_step[run_id] = logged_epoch(client, found[0])
             self._reopened[run_id] = found[0]
             client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = create_child(client, self._exp_id, self._parent_id, self.sweep_id, spec)
+            client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial_id), RunTag(TAG_STATUS, "running")])
+        else:  # created with its Ray id and status: one write fewer per trial
+            run_id = create_child(client, self._exp_id, self._parent_id, self.sweep_id, spec,
+                                  **{TAG_RAY_ID: trial_id, TAG_STATUS: "running"})
             self._last_step[run_id] = 0
-        client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial_id), RunTag(TAG_STATUS, "running")])
         self._runs[trial_id] = run_id
         return run_id
 
