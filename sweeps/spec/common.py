@@ -196,6 +196,25 @@ class Asha(Strict):
     reduction_factor: Float = Field(2.0, gt=1)
 
 
+DEFAULT_CHECKPOINT_S = 60.0  # a trial's checkpoints when the spec sets none: short epochs pay none
+
+
+class Checkpointing(Strict):
+    """When a running trial saves a checkpoint (Tune's checkpoint_frequency idea): after every N
+    epochs and/or every S seconds, whichever comes first; always at its end. Neither given: every
+    DEFAULT_CHECKPOINT_S seconds. A trial killed in between is redone from its last checkpoint."""
+
+    every_epochs: Int | None = Field(None, ge=1, description="save after every N-th epoch")
+    every_seconds: Float | None = Field(None, gt=0, description="save once S seconds have passed "
+                                        f"since the last save (default {DEFAULT_CHECKPOINT_S:g})")
+
+    def policy(self) -> dict[str, float | None]:
+        """`experiment.resume.CheckpointEvery`'s arguments."""
+        if self.every_epochs is None and self.every_seconds is None:
+            return {"epochs": None, "seconds": DEFAULT_CHECKPOINT_S}
+        return {"epochs": self.every_epochs, "seconds": self.every_seconds}
+
+
 class Tracking(Strict):
     enabled: bool = True
     uri: Annotated[str | None, AfterValidator(no_credentials)] = Field(
@@ -208,8 +227,10 @@ class Workspace:
 
     @cached_property
     def digest(self) -> str:
-        """A hash of what the spec does (not of comments or key order): resume needs it equal."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)  # type: ignore[attr-defined]
+        """A hash of what the spec does (not of comments or key order): resume needs it equal.
+        How often trials checkpoint changes no result, so it is left out (and may change on resume)."""
+        data = self.model_dump(mode="json", exclude={"checkpoint"})  # type: ignore[attr-defined]
+        canonical = json.dumps(data, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     # Working-folder defaults, resolved when used so a spec file stays portable.

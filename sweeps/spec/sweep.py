@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sweeps.spec.common import (
-    MAX_SEED, MAX_TRIALS, Asha, Failure, Int, SpecBase, SpecError, Strict, TrialSettings, check_data,
+    MAX_SEED, MAX_TRIALS, Asha, Checkpointing, Failure, Int, SpecBase, SpecError, Strict, TrialSettings, check_data,
     check_defaults, expand_strategies, first_line, kind_name, known_datasets, strategy_generations, validation_line,
 )
 from sweeps.spec.loader import read_yaml, resolve_path
@@ -105,6 +105,7 @@ class Spec(SpecBase):
     grid: Grid
     failure: Failure = Field(default_factory=Failure)
     scheduler: Asha = Field(default_factory=Asha)
+    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     keep_checkpoints: Int = Field(1, ge=1, description="per running trial")
     keep_final_checkpoint: bool = Field(
         False, description="keep a finished trial's last checkpoint (a fine-tuned encoder's is "
