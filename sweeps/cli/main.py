@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from sweeps.cli import jobs, sweep, train, tune, ui
+from sweeps.cli import jobs, search, sweep, train, tune, ui
 from sweeps.cli.args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Parser, one_line, version
 from sweeps.cluster.jobs import JOB_COMMAND
 
 COMMANDS = (train.register, sweep.register_sweep, sweep.register_report, ui.register, tune.register,
-            jobs.register)
+            search.register, jobs.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

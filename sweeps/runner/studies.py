@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import dalsopt
 from dalsopt import presets
@@ -75,19 +76,21 @@ def open_study(spec: TuneSpec, study: Study, storage, fresh: bool):
     return ot
 
 
-def recover_study(ot, remaining: int, space: list[str]) -> tuple[list[int], list[int]]:
+def recover_study(ot, remaining: int, space: list[str] | Callable[[dict], list[str]]) -> tuple[list[int], list[int]]:
     """Trials a killed driver left RUNNING (one driver runs a study at a time): marked FAIL, and up
     to `remaining` of those whose params were all drawn queued again with them, so the study still
     evaluates what its sampler chose and counts only finished trials; a queued trial continues
     from the killed one's newest checkpoint (`ATTR_CONTINUES`). Returns the numbers of the stale
-    trials and of those queued again."""
+    trials and of those queued again. A conditional space (`dals search`) gives `space` as a function
+    of a trial's params: the names that trial draws."""
     from optuna.trial import TrialState
 
     stale = ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     waiting = len(ot.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     for t in stale:
         ot.tell(t.number, state=TrialState.FAIL)
-    drawn = [t for t in stale if set(t.params) == set(space)]  # killed before its params: none
+    drawn = [t for t in stale  # killed before its params: none
+             if set(t.params) == set(space(t.params) if callable(space) else space)]
     again = drawn[:max(remaining - waiting, 0)]
     for t in again:  # the new trial resumes from the newest checkpoint in these trials' folders
         chain = [t.number, *t.user_attrs.get(ATTR_CONTINUES, [])]

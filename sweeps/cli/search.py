@@ -1,0 +1,129 @@
+"""`dals search DATASET|SPEC`: which strategy, with which settings, for a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from sweeps.cluster.address import check_address
+from sweeps.redact import redact
+from sweeps.spec.common import SpecError
+from sweeps.spec.search import SearchSpec, load_search_spec, parse_search_spec
+
+SOURCE = "dals search"
+# where a flag's value lands in the spec, so an error names the flag the user typed
+FLAGS = {"tune.trials": "--budget-trials", "tune.minutes": "--budget-minutes", "tune.seeds": "--seeds",
+         "tune.rerun_seeds": "--rerun-seeds", "tune.top_k": "--top-k", "tune.strategies": "--strategies",
+         "tune.concurrency": "--concurrency", "tune.datasets": "DATASET"}
+SETTINGS = ("epochs", "max_train", "max_eval", "max_length", "validation", "batch_size", "model", "regime")
+
+
+def _is_spec_file(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
+
+
+def spec_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The search spec the flags describe."""
+    tune: dict[str, Any] = {"strategies": args.strategies, "datasets": [args.dataset], "trials": args.budget_trials,
+                            "seeds": args.seeds, "top_k": args.top_k, "concurrency": args.concurrency,
+                            "rerun_seeds": args.rerun_seeds, "sampler": {"type": "tpe", "seed": args.sampler_seed}}
+    if args.budget_minutes is not None:
+        tune["minutes"] = args.budget_minutes
+    if args.storage:
+        tune["storage"] = args.storage
+    defaults = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+    # the study is <name>-<dataset>: search-synthetic
+    return {"name": args.name or "search", "metric": "val_accuracy", "tune": tune, "defaults": defaults}
+
+
+def load(args: argparse.Namespace) -> tuple[SearchSpec, Path | None]:
+    if _is_spec_file(args.dataset):
+        return load_search_spec(args.dataset)
+    try:
+        return parse_search_spec(spec_data(args), SOURCE), None
+    except SpecError as e:
+        msg = re.sub(r"tune: (\w+): ", r"tune.\1: ", str(e))  # a cross-field check names its key in the text
+        for key, flag in FLAGS.items():
+            msg = msg.replace(f"{SOURCE}: {key}", f"{SOURCE}: {flag} ({key})", 1)
+        raise SpecError(msg) from None
+
+
+def dry_run(spec: SearchSpec, say=print) -> None:
+    t = spec.tune
+    budget = f"{t.trials} trials" + (f" or {t.minutes:g} min, whichever ends first" if t.minutes else "")
+    say(f"{spec.name}: search {len(t.strategies)} strategies on {spec.dataset} (regime {spec.search_regime}); "
+        f"{budget}, {t.concurrency} at a time; objective: mean {spec.metric} over seeds 0..{t.seeds - 1}")
+    pruning = "off" if t.pruning.type == "none" else \
+        f"ASHA over epochs (grace {t.pruning.grace_period}, reduction {t.pruning.reduction_factor:g})"
+    say(f"  pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds} (test accuracy mean ± std)")
+    for s in t.strategies:
+        dims = ", ".join(f"{k.split('.', 1)[1]} {d.type}" + (f" [{d.low:g}, {d.high:g}]" if d.type != "categorical"
+                                                             else f" {list(d.choices)}") + (" log" if d.log else "")
+                         for k, d in spec.space(s).items())
+        say(f"    {s}: {dims}")
+    say(f"  Optuna storage {redact(spec.optuna_storage_url())}; winner preset {spec.preset_name('<strategy>')}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec, path = load(args)  # every input is checked before Ray, Optuna or MLflow start
+    if args.address is not None:
+        check_address(args.address)
+    if args.dry_run:
+        dry_run(spec)
+        return 0
+    from sweeps.runner.rerun import run_search  # Ray's and Optuna's start-up, only when running
+
+    if path is None:  # the flags' spec, kept beside the results (MLflow's parent run holds it too)
+        import yaml
+
+        path = Path(args.out or Path("results") / spec.name) / "search-spec.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    out = run_search(spec, path, address=args.address, fresh=args.fresh,
+                     out_dir=Path(args.out) if args.out else None)
+    w = out.winner
+    if w is None:
+        print(f"search {spec.name}: no configuration finished; report: {out.report}")
+        return 1
+    print(f"search {spec.name}: winner {w.strategy} {w.hp}: test {w.test_mean:.4f} ± {w.test_std:.4f} "
+          f"(seeds {spec.tune.rerun_seeds}); {out.verdict}")
+    print(f"preset: {out.preset} (dalsopt.make({out.preset.stem!r}, model, total_steps=T)); report: {out.report}")
+    return 0 if out.done >= spec.tune.trials or spec.tune.minutes else 1
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are whole numbers separated by commas, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="find the best strategy and its settings for a dataset (Optuna + ASHA on Ray Tune)",
+        description="Search the strategies (each with its own space from dalsopt) on DATASET's validation split "
+                    "with ASHA over epochs, train the top-k again on fresh seeds (test accuracy mean ± std, "
+                    "a verdict), and export the winner as the preset <strategy>@<dataset>. DATASET may also be "
+                    "a search spec file (tune.strategies). Running it again continues the study.")
+    p.add_argument("dataset", metavar="DATASET|SPEC", help="a dataset id (synthetic, trec6-scratch, file:..) or a spec")
+    p.add_argument("--strategies", nargs="+", default=["all"], help="ids or generation names (default: all)")
+    p.add_argument("--regime", choices=("scratch", "finetune"), default=None, help="default: the dataset's")
+    p.add_argument("--budget-trials", type=int, default=36, help="trials the search may start (default 36)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="wall minutes of the search phase")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per search trial (0..N-1; default 2)")
+    p.add_argument("--rerun-seeds", type=_seeds, default=[100, 101, 102], help="fresh seeds (default 100,101,102)")
+    p.add_argument("--top-k", type=int, default=3, help="configurations re-run on the fresh seeds (default 3)")
+    p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
+    p.add_argument("--sampler-seed", type=int, default=0)
+    for key in SETTINGS[:-1]:
+        kind = float if key == "validation" else str if key == "model" else int
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None, help="a trial setting")
+    p.add_argument("--name", default=None, help="the search's name (default search; its study: <name>-<dataset>)")
+    p.add_argument("--storage", default=None, help="Optuna storage (default: the journal beside mlflow.db)")
+    p.add_argument("--out", default=None, help="report folder (default results/<study>)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.add_argument("--fresh", action="store_true", help="delete the study and start over")
+    p.add_argument("--dry-run", action="store_true", help="print the strategies, spaces and budget, and exit")
+    p.set_defaults(func=_run)
