@@ -55,7 +55,7 @@ def test_winners_and_claims(epochs):
     assert facts["synthetic"] == {"dals": 90.0, "dals_rank": 2, "best": "dals-fast", "best_mean": 94.5}
     assert facts["epochs_to_90_synthetic"] == {"dals": None, "dals-fast": 1.0}
     assert facts["stlr"]["trec6"] == {"stlr-discriminative": 35.0, "stlr-discriminative@double-decay": None,
-                                      "radam": 85.0}
+                                      "stlr-discriminative@authors": None, "radam": 85.0}
     assert facts["distinct_winners"] == 2
     assert facts["winners"]["trec6"] == {"winner": "radam", "mean": 85.0, "tied": 0}
     assert facts["winners"]["synthetic"]["tied"] == 0   # dals 90 + 2.8 < dals-fast 94.5 - 0.7

@@ -1,0 +1,74 @@
+"""Curves against optimizer steps and the head-to-head rows behind the fine-tuning claims."""
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pandas as pd
+
+from sweeps.report import gaps, paper
+from sweeps.report.steps import with_steps
+from sweeps.spec.sweep import load_spec
+from sweeps.train.config import TrialConfig
+from sweeps.train.trial import Trial, steps_per_epoch
+
+from test_report import handmade_sweep
+
+
+def test_steps_per_epoch_is_what_the_trial_trains_and_reports():
+    cfg = TrialConfig.create(strategy="adamw", dataset="trec6-scratch", seed=3, epochs=2, max_train=70,
+                             batch_size=16, max_eval=32)
+    assert steps_per_epoch(cfg) == math.ceil(70 / 16) == 5
+    trial = Trial(cfg)
+    assert trial.steps_per_epoch == 5
+    assert [trial.run_epoch()["steps"] for _ in range(2)] == [5, 10]
+    # a validation split comes out of the train rows first: 5,452 TREC-6 train rows less the held-out ones
+    held = TrialConfig.create(strategy="adamw", dataset="trec6-scratch", seed=0, validation=0.1, batch_size=32)
+    train_rows = sum(1 for line in open("sweeps/data/trec/train_5500.label", encoding="latin-1") if line.strip())
+    n_val = len(Trial(held).val[1])
+    assert steps_per_epoch(held) == math.ceil((train_rows - n_val) / 32) and 0.09 < n_val / train_rows < 0.11
+
+
+def test_rows_without_steps_get_them_from_their_trials_config(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent("""
+        name: s
+        grid: {strategies: [sgd], datasets: [synthetic, trec6-scratch], seeds: 2}
+        datasets:
+          synthetic: {max_train: 100, batch_size: 32}
+          trec6-scratch: {max_train: 70, batch_size: 16}
+        tracking: {enabled: false}
+    """))
+    spec, _ = load_spec(path)
+    rows = [{"key": t.key, "dataset": t.dataset, "epoch": e} for t in spec.trials() for e in (1, 2)]
+    rows[0]["steps"] = 99.0  # a row that reported its own steps keeps them
+    out = with_steps(pd.DataFrame(rows), spec).set_index(["key", "epoch"])["steps"]
+    syn, trec = [t.key for t in spec.trials() if t.seed == 1]
+    assert out[(syn, 2)] == 2 * 4 and out[(trec, 1)] == 5 and out[(trec, 2)] == 10
+    assert out[(spec.trials()[0].key, 1)] == 99.0
+
+
+def test_head_to_head_takes_the_best_reference_and_tests_both_stds():
+    stats = pd.DataFrame([
+        ("trec6", "stlr-discriminative@authors", 43.6, 1.0), ("trec6", "radam", 96.8, 0.5),
+        ("trec6", "adamw", 97.0, 0.2), ("trec6", "dals", 95.0, 1.0), ("rte", "dals", 60.0, 3.0),
+        ("rte", "adamw", 58.0, 1.0), ("rte", "radam", 57.0, 0.5), ("imdb", "sgd", 80.0, 1.0),
+    ], columns=["dataset", "strategy", "mean", "std"])
+    rows = gaps.head_to_head(stats).set_index(["dataset", "strategy"])
+    assert rows.loc[("trec6", "stlr-discriminative@authors"), "reference"] == "radam"
+    assert math.isclose(rows.loc[("trec6", "stlr-discriminative@authors"), "gap"], -53.2)
+    assert rows.loc[("trec6", "stlr-discriminative@authors"), "clears"]
+    # DALS is held against the better of AdamW and RAdam: 95 + 1 < 97 - 0.2, a clear deficit
+    assert rows.loc[("trec6", "dals"), "reference"] == "adamw" and rows.loc[("trec6", "dals"), "clears"]
+    assert rows.loc[("rte", "dals"), "gap"] == 2.0 and not rows.loc[("rte", "dals"), "clears"]  # 60 - 3 < 58 + 1
+    assert ("imdb", "sgd") not in rows.index
+    assert gaps.clears(1.0, math.nan, 0.5, 0.4) and not gaps.clears(1.0, 0.1, 0.5, 0.4)
+
+
+def test_paper_report_writes_steps_plots_and_the_head_to_head(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = handmade_sweep(tmp_path)
+    out = tmp_path / "out"
+    text = paper.write(folder, out).read_text()
+    assert (out / "steps-synthetic.png").stat().st_size > 1000
+    assert (out / "head-to-head.csv").exists() and "## Best eval accuracy" in text
