@@ -86,11 +86,13 @@ class SAM(Wrapper):
                 self.state[p]["e_w"] = e_p
             torch._foreach_add_(params, e)
         self.base.zero_grad(set_to_none=False)
-        with torch.enable_grad():
-            perturbed = closure()
-        for group, params in live:
-            if params:
-                torch._foreach_sub_(params, [self.state[p].pop("e_w") for p in params])
+        try:  # a closure that raises (an fp16 overflow skipping the step) leaves the weights at w
+            with torch.enable_grad():
+                perturbed = closure()
+        finally:
+            for group, params in live:
+                if params:
+                    torch._foreach_sub_(params, [self.state[p].pop("e_w") for p in params])
         self.base_step(None, loss)
         return perturbed
 

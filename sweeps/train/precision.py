@@ -68,15 +68,17 @@ def found_inf(scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
 class Precision:
     """Autocast and, for fp16, the loss scaler of one trial on one device."""
 
-    def __init__(self, name: str, device: torch.device, init_scale: float = 2.0 ** 16):
-        self.name, self.device = name, device
+    def __init__(self, name: str, device: torch.device, scaler: torch.amp.GradScaler | None = None):
+        """`name`'s autocast on `device`; `scaler` scales the loss (fp16's; any precision takes one)."""
+        self.name, self.device, self.scaler = name, device, scaler
         self.dtype = DTYPES.get(name)
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=init_scale) if name == "fp16" else None
         self.skipped = 0  # steps skipped for an overflow, over the trial
 
     @classmethod
     def create(cls, requested: str | None, regime: str, device: torch.device) -> Precision:
-        return cls(resolve(requested, regime, device), device)
+        """The trial's precision (`resolve`), fp16 with torch's default scaler (initial scale 2**16)."""
+        name = resolve(requested, regime, device)
+        return cls(name, device, torch.amp.GradScaler(device.type) if name == "fp16" else None)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Forward and loss in the trial's dtype (fp32: nothing changes)."""
