@@ -177,9 +177,19 @@ class TrialSettings(BaseModel):
         return self.model_dump(exclude_none=True, exclude={"target"})
 
 
+def _gpu_share(v: float) -> float:
+    """A trial's GPUs: a share of one (0.25 packs four trials per GPU) or whole GPUs (Ray places
+    no trial on 1.5 GPUs)."""
+    if v > 1 and not v.is_integer():
+        raise ValueError(f"must be 0, a fraction of one GPU in (0, 1] (0.25 packs four trials per GPU) "
+                         f"or a whole number of GPUs, got {v:g}")
+    return v
+
+
 class Resources(Strict):
     cpu: Float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed)")
-    gpu: Float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
+    gpu: Annotated[Float, AfterValidator(_gpu_share)] = Field(
+        0.0, ge=0, description="GPUs per trial: 0, a share of one in (0, 1], or whole GPUs")
     max_concurrent: Int | None = Field(None, ge=1, description="default: as many as fit")
 
 
