@@ -29,6 +29,8 @@ def spec_data(args: argparse.Namespace) -> dict[str, Any]:
     tune: dict[str, Any] = {"strategies": args.strategies, "datasets": [args.dataset], "trials": args.budget_trials,
                             "seeds": args.seeds, "top_k": args.top_k, "concurrency": args.concurrency,
                             "rerun_seeds": args.rerun_seeds, "sampler": {"type": "tpe", "seed": args.sampler_seed}}
+    if args.no_defaults_first:
+        tune["defaults_first"] = False
     if args.budget_minutes is not None:
         tune["minutes"] = args.budget_minutes
     if args.storage:
@@ -57,7 +59,8 @@ def dry_run(spec: SearchSpec, say=print) -> None:
         f"{budget}, {t.concurrency} at a time; objective: mean {spec.metric} over seeds 0..{t.seeds - 1}")
     pruning = "off" if t.pruning.type == "none" else \
         f"ASHA over epochs (grace {t.pruning.grace_period}, reduction {t.pruning.reduction_factor:g})"
-    say(f"  pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds} (test accuracy mean ± std)")
+    first = "every strategy at its defaults first, then TPE" if t.defaults_first else f"{t.sampler.type} from the start"
+    say(f"  {first}; pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds} (test accuracy mean ± std)")
     for s in t.strategies:
         dims = ", ".join(f"{k.split('.', 1)[1]} {d.type}" + (f" [{d.low:g}, {d.high:g}]" if d.type != "categorical"
                                                              else f" {list(d.choices)}") + (" log" if d.log else "")
@@ -117,6 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="configurations re-run on the fresh seeds (default 3)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
     p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--no-defaults-first", action="store_true",
+                   help="do not start with every strategy at its defaults (the grid's points)")
     for key in SETTINGS[:-1]:
         kind = float if key == "validation" else str if key == "model" else int
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None, help="a trial setting")

@@ -39,6 +39,7 @@ from sweeps.tracking.store import Store, Writes, open_parent
 
 RERUN = "rerun"  # config key of a re-run trial: the Optuna number of the point it trains again
 NOT_PARAMS = ("study", OPTUNA_TRIAL, CONTINUES, RERUN)
+ATTR_DEFAULTS = "dals.defaults"  # on a study's trial: a strategy at its defaults, enqueued first
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,18 @@ class SearchPhase:
     tracking: Tracking
 
 
+def enqueue_defaults(spec: SearchSpec, ot) -> None:
+    """A new study's first trials: each strategy at its defaults (a seeded sample of them when the
+    budget is smaller), so the search's first rung holds the grid's points and ASHA keeps the best."""
+    import random
+
+    strategies = list(spec.tune.strategies)
+    if spec.tune.trials < len(strategies):
+        strategies = random.Random(spec.tune.sampler.seed).sample(strategies, spec.tune.trials)
+    for s in strategies:
+        ot.enqueue_trial(spec.default_point(s), user_attrs={ATTR_DEFAULTS: True})
+
+
 def run_search_phase(spec: SearchSpec, spec_file: Path, *, fresh: bool = False, say=print) -> SearchPhase:
     """The study: as many trials as the budget still allows (a study run before is continued)."""
     [study] = spec.studies()
@@ -170,6 +183,8 @@ def run_search_phase(spec: SearchSpec, spec_file: Path, *, fresh: bool = False, 
     before = done_count(ot)
     remaining = max(spec.tune.trials - before, 0)
     space = ConditionalSpace.of(spec)
+    if spec.tune.defaults_first and not ot.get_trials(deepcopy=False):
+        enqueue_defaults(spec, ot)
     stale, again = recover_study(ot, remaining, space.drawn)
     if stale:
         say(f"search {study.name}: trials {', '.join(map(str, stale))} were left running by a run that did not "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 import dalsopt
 
@@ -49,28 +49,22 @@ class Search(Strict):
     """The `tune:` section of a search spec."""
 
     strategies: list[str] = Field(min_length=1, description="ids, generation names (gen1..gen6) or `all`")
-    datasets: list[str] = Field(min_length=1, max_length=1, description="the one dataset searched")
+    datasets: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+                        AfterValidator(known_datasets)] = Field(min_length=1, max_length=1,
+                                                                description="the one dataset searched")
     trials: Int = Field(ge=1, le=MAX_TRIALS, description="budget: trials the search may start")
     minutes: Float | None = Field(None, gt=0, description="budget: wall minutes of the search phase")
     concurrency: Int = Field(2, ge=1)
     seeds: Int = Field(2, ge=1, le=MAX_SEEDS_PER_TRIAL, description="seeds 0..N-1 per trial: the objective is their mean")
     sampler: Sampler = Field(default_factory=Sampler)
     pruning: Asha = Field(default_factory=lambda: Asha(type="asha", grace_period=1, reduction_factor=3))
+    defaults_first: bool = Field(True, description="the first trials are the strategies at their regime "
+                                 "defaults (the grid's points), so ASHA's first look covers every strategy")
     top_k: Int = Field(3, ge=1, description="configurations trained again on the fresh seeds")
     rerun_seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=lambda: [100, 101, 102], min_length=2, max_length=MAX_SEEDS_PER_TRIAL)
     storage: Annotated[str | None, AfterValidator(no_credentials)] = Field(
         None, description=f"Optuna storage (default: {JOURNAL_FILE} beside the MLflow db)")
-
-    @field_validator("datasets", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("datasets")
-    @classmethod
-    def _datasets(cls, v: list[str]) -> list[str]:
-        return known_datasets(v)
 
     @field_validator("strategies")
     @classmethod
@@ -125,6 +119,18 @@ class SearchSpec(TuneSpec):
         """The regime the dataset trains in (its own, or the spec's `regime:` setting): it picks
         each strategy's defaults and space."""
         return self.regime(self.dataset)
+
+    def default_point(self, strategy: str) -> dict[str, Any]:
+        """`strategy` at its regime defaults, as a study point (a default outside its range is left
+        to the sampler)."""
+        defaults = dalsopt.resolve(strategy, self.search_regime)
+        point: dict[str, Any] = {STRATEGY: strategy}
+        for name, d in self.space(strategy).items():
+            v = defaults[name.split(SEPARATOR, 1)[1]]
+            inside = v in d.choices if d.type == "categorical" else d.low <= v <= d.high
+            if inside:
+                point[name] = int(v) if d.type == "int" else v
+        return point
 
     def space(self, strategy: str) -> dict[str, dalsopt.Dim]:
         """`strategy`'s dimensions as the study names them (`sgd.lr`)."""
