@@ -23,6 +23,7 @@ from sweeps.experiment.faults import Faults
 from sweeps.experiment.folder import REPORTED_FILE, experiment_dir, saved_trials, start_or_resume
 from sweeps.experiment.storage import filesystem
 from sweeps.report.tables import write_report
+from sweeps.runner import resources
 from sweeps.runner.progress import ProgressCallback
 from sweeps.runner.ray_setup import init_ray, scheduler
 from sweeps.spec.sweep import Spec, TrialSpec
@@ -191,6 +192,11 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
     """Run (or resume) the sweep; returns counts. Ctrl+C stops it with its state saved."""
     start = time.monotonic()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    with ThreadPoolExecutor(max_workers=1) as pool:  # MLflow's imports overlap Ray's start-up
+        pool.submit(resources.preload_mlflow)
+        init_ray(address, num_cpus)
+    # one trial must fit before anything is recorded (the folder, MLflow)
+    resources.check(spec.resources.cpu, spec.resources.gpu, str(spec_file))
     meta, _ = start_or_resume(spec, spec_file, fresh)
     entries = [trial_entry(t) for t in spec.trials()]
     store = Store(meta.tracking_uri, meta.experiment) if meta.tracking_uri else None
@@ -200,16 +206,11 @@ def run_sweep(spec: Spec, spec_file: Path, *, address: str | None = None, fresh:
     if not spec.keep_final_checkpoint:
         callbacks.append(DropFinalCheckpoints())
     parent_id = None
-    with ThreadPoolExecutor(max_workers=1) as pool:  # MLflow set-up overlaps Ray's start-up
-        parent = store and pool.submit(
-            open_parent, store, meta.sweep_id, spec.name, spec.digest, spec_file,
-            {"trials": len(entries), "metric": spec.metric, "mode": spec.mode,
-             "storage": experiment_dir(spec), "scheduler": spec.scheduler.type},
-        )
-        init_ray(address, num_cpus)
-        if store is not None:
-            parent_id = parent.result()
-            callbacks.append(MlflowCallback(store, meta.sweep_id))
+    if store is not None:
+        parent_id = open_parent(store, meta.sweep_id, spec.name, spec.digest, spec_file,
+                                {"trials": len(entries), "metric": spec.metric, "mode": spec.mode,
+                                 "storage": experiment_dir(spec), "scheduler": spec.scheduler.type})
+        callbacks.append(MlflowCallback(store, meta.sweep_id))
     tuner, restored = _tuner(spec, entries, callbacks)
     before = saved_counts(experiment_dir(spec))[0] if restored else 0
     where = f"MLflow {store.shown} (experiment {meta.experiment})" if store else "MLflow off"

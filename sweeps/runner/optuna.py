@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.experiment import resume
 from sweeps.experiment.storage import delete_dir, filesystem, join
 from sweeps.redact import redact
+from sweeps.runner import resources
 from sweeps.runner.progress import ProgressCallback
 from sweeps.runner.ray_setup import init_ray, scheduler
 from sweeps.runner.seeds import SeedGroup
@@ -348,6 +349,8 @@ def run_tune(spec: TuneSpec, spec_file: Path, *, address: str | None = None, fre
              num_cpus: int | None = None, say=print) -> list[StudyOutcome]:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     init_ray(address, num_cpus)
+    # one trial must fit before anything is recorded (Optuna, the folders, MLflow)
+    resources.check(spec.resources.cpu, spec.resources.gpu, str(spec_file))
     out = []
     for study in spec.studies():
         o = run_study(spec, spec_file, study, fresh=fresh, say=say)

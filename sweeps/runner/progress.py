@@ -20,7 +20,10 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from sweeps.runner import resources
+
 Best = tuple[float, str]  # (metric value, trial key)
+PENDING_NOTE_S = 60.0  # a trial pending longer than this: the line says what it waits for
 
 
 def clock(seconds: float) -> str:
@@ -99,6 +102,24 @@ def trial_key(trial: Any) -> str:
     return trial.config.get("trial", {}).get("key", trial.trial_id if number is None else f"#{number}")
 
 
+def pending_note(trials: list, since: dict[str, float], now: float, wait_s: float = PENDING_NOTE_S) -> str | None:
+    """`pending 1:05: waiting for 1 GPU per trial (0 free of 0)` for the longest-pending trial once it
+    has waited `wait_s`; `since` maps trial ids to when they were first seen pending (kept here)."""
+    pending = {t.trial_id: t for t in trials if t.status == "PENDING"}
+    for key in [k for k in since if k not in pending]:
+        del since[key]
+    for key in pending:
+        since.setdefault(key, now)
+    if not pending or now - min(since.values()) < wait_s:
+        return None
+    import ray
+
+    oldest = min(pending, key=since.__getitem__)
+    ask = dict(pending[oldest].placement_group_factory.required_resources)
+    why = resources.pending_reason(ask, ray.available_resources(), ray.cluster_resources())
+    return f"pending {clock(now - since[oldest])}: {why}"
+
+
 class ProgressCallback(Callback):
     """The status line of `total` trials of at most `epochs` epochs each (a sweep trial's own
     budget is in its config; a tuning trial's is `epochs`)."""
@@ -118,6 +139,7 @@ class ProgressCallback(Callback):
         self._last_print = 0.0
         self._best: Best | None = None
         self._epochs_seen = 0  # results reported since this run started: the ETA's rate
+        self._pending_since: dict[str, float] = {}
 
     @property
     def stream(self) -> TextIO:
@@ -138,6 +160,8 @@ class ProgressCallback(Callback):
         elapsed = time.monotonic() - self._start
         line = status_line(self.name, elapsed, self.total, trials, self.metric, self._best,
                            eta(trials, self.total, getattr(self, "epochs", None), self._epochs_seen, elapsed))
+        note = pending_note(trials, self._pending_since, time.monotonic())
+        line += f" · {note}" if note else ""
         self.stream.write(("\r\033[K" + line + ("\n" if final else "")) if tty else line + "\n")
         self.stream.flush()
         self._last_counts, self._last_print = counts, time.monotonic()
