@@ -54,6 +54,9 @@ class Outbox:
         if parent is None:
             raise RuntimeError(f"no MLflow parent run for sweep {self.sweep_id}")
         self._parent_id = parent.info.run_id
+        # trial keys with a run in this sweep (a resumed one): only those are searched for again
+        self._have_runs = {r.data.tags.get(TAG_KEY) for r in search_runs(
+            self._client, self._exp_id, **{TAG_ROLE: "trial", TAG_SWEEP: self.sweep_id})}
         self._runs: dict[str, str] = {}  # Ray trial id -> child run id
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
         self._reopened: dict[str, Any] = {}  # child run id -> its run, until its first result checks it
@@ -171,8 +174,8 @@ class Outbox:
         if trial_id in self._runs:
             return self._runs[trial_id]
         client = self._client
-        found = search_runs(client, self._exp_id, **{TAG_ROLE: "trial", TAG_SWEEP: self.sweep_id,
-                                                 TAG_KEY: spec["key"]})
+        found = spec["key"] in self._have_runs and search_runs(
+            client, self._exp_id, **{TAG_ROLE: "trial", TAG_SWEEP: self.sweep_id, TAG_KEY: spec["key"]})
         if found:
             run_id = found[0].info.run_id
             if not found[0].data.params:  # created, but its params did not get through
@@ -182,6 +185,7 @@ class Outbox:
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial_id), RunTag(TAG_STATUS, "running")])
         else:  # created with its Ray id and status: one write fewer per trial
+            self._have_runs.add(spec["key"])  # first: a retry after an outage finds a half-made run
             run_id = create_child(client, self._exp_id, self._parent_id, self.sweep_id, spec,
                                   **{TAG_RAY_ID: trial_id, TAG_STATUS: "running"})
             self._last_step[run_id] = 0

@@ -71,6 +71,44 @@ def configure_client() -> None:
         os.environ.setdefault(key, value)
 
 
+_WAL_FILES: set[str] = set()  # the MLflow SQLite files this process writes in WAL mode
+
+
+def sqlite_wal(uri: str) -> None:
+    """Write a `sqlite:` MLflow store in WAL mode with synchronous=NORMAL: a commit no longer
+    waits for an fsync (measured: 0.33 -> 0.13 s of MLflow writes per trial), readers (`dals ui`)
+    still read while the driver writes, and a killed driver loses no committed write (only the
+    machine losing power could drop the last ones, which `dals sweep sync` records again from
+    Ray's results). Set per connection, for this file only (Optuna's SQLite storage keeps its own)."""
+    from sqlalchemy.engine import make_url
+
+    if not uri.startswith("sqlite:"):
+        return
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return
+    if not _WAL_FILES:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "connect", _on_connect)
+    _WAL_FILES.add(os.path.realpath(database))
+
+
+def _on_connect(dbapi_connection: Any, record: Any) -> None:
+    import sqlite3
+
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    files = [row[2] for row in dbapi_connection.execute("PRAGMA database_list") if row[1] == "main"]
+    if files and os.path.realpath(files[0]) in _WAL_FILES:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError:  # another process holds it: its journal mode stays
+            pass
+
+
 class TrackingUnavailable(ValueError):
     """The tracking store cannot be reached (one line, secrets masked)."""
 
@@ -131,6 +169,7 @@ class Store:
 
     def client(self) -> MlflowClient:
         configure_client()
+        sqlite_wal(self.uri)
         return MlflowClient(tracking_uri=self.uri)
 
     @property
