@@ -51,6 +51,7 @@ def sweep_spec(folder: Path, name: str, storage: str, epochs: int, defaults: str
         grid: {{{grid}}}
         defaults: {{epochs: {epochs}, {defaults}}}
         resources: {{cpu: 1}}
+        checkpoint: {{every_epochs: 1}}
         storage: {storage}""" + textwrap.indent(track, " " * 8), name=f"{name}.yaml")
 
 

@@ -26,6 +26,7 @@ from sweeps.experiment.storage import AtomicLocalFiles, storage_filesystem
 from sweeps.experiment.folder import read_meta
 from sweeps.runner.grid import trial_entry
 from sweeps.spec.sweep import load_spec
+from ray_results import rows as result_rows
 from spec_files import write_spec
 
 OWN_METRICS = ("train_loss", "eval_accuracy", "eval_loss", "seconds", "examples_per_second")
@@ -112,7 +113,7 @@ def results(folder: Path) -> dict[str, list[dict]]:
     for params in folder.glob("*/params.json"):
         key = json.loads(params.read_text())["trial"]["key"]
         file = params.parent / "result.json"
-        out[key] = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+        out[key] = result_rows(file)
     return out
 
 
@@ -227,6 +228,7 @@ def test_sweep_killed_three_times_finishes_each_trial_once(tmp_path):
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
         defaults: {{epochs: {SWEEP_EPOCHS}, max_train: 3000, max_eval: 300}}
         resources: {{cpu: 1, max_concurrent: 2}}
+        checkpoint: {{every_epochs: 1}}  # the kill points wait for checkpoints
     """)
     spec, _ = load_spec(spec_file)
     keys = sorted(t.key for t in spec.trials())
@@ -392,14 +394,16 @@ def assert_same_as_uninterrupted(rows: dict[str, list[dict]], spec) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_trial_exception_and_killed_worker_resume_from_checkpoint_exactly(tmp_path):
-    """One trial raises after epoch 2, the other's worker is SIGKILLed after epoch 3: each is
-    retried once from its last checkpoint and ends as if nothing had happened."""
+    """One trial raises after epoch 2, the other's worker is SIGKILLed after epoch 3, checkpoints
+    every 2 epochs: each is retried once from its last checkpoint (none yet, epoch 2's) and ends
+    as if nothing had happened, epoch 1 of the first reported again as it first was."""
     spec_file = write_spec(tmp_path, f"""
         name: faults
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [3]}}
         defaults: {{epochs: {FAULT_EPOCHS}, max_train: 600, max_eval: 300}}
         resources: {{cpu: 1, max_concurrent: 2}}
         failure: {{max_retries: 1}}
+        checkpoint: {{every_epochs: 2}}
     """)
     spec, _ = load_spec(spec_file)
     faults = "exception@2:sgd/synthetic/3,kill@3:adam/synthetic/3"
