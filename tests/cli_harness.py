@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,14 @@ from typing import Any, Iterator
 import pytest
 
 from sweeps.cli import main as cli
+from sweeps.train.config import TrialConfig
+
+WORK: Counter[str] = Counter()  # TrialConfig.create calls under fenced(): a command's work, counted
+# A verdict's work, bounded: validation builds one trial config per strategy and dataset (at most 140
+# today, the paper spec's 19 x 5 and its defaults), never one per trial, so a huge grid is refused
+# before it expands. HANG_S only catches a hang: every verdict takes under 2 s today.
+MAX_CONFIGS = 1_000
+HANG_S = 120.0
 
 
 class Started(Exception):
@@ -36,7 +45,14 @@ def fenced() -> Iterator[None]:
     def started(*args: Any, **kwargs: Any) -> None:
         raise Started
 
+    create = TrialConfig.create
+
+    def counted(cls: type, **kwargs: Any) -> TrialConfig:
+        WORK["configs"] += 1
+        return create(**kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrialConfig, "create", classmethod(counted))
         for module, name in ((grid, "run_sweep"), (grid, "init_ray"), (optuna, "run_tune"), (optuna, "init_ray"),
                              (studies, "export_preset"), (ray.job_submission, "JobSubmissionClient")):
             mp.setattr(module, name, started)
@@ -64,6 +80,7 @@ class Verdict:
     err: str
     seconds: float
     left_behind: list[str]  # what the command added to its folder
+    configs: int  # trial configs it built (validation is one per strategy and dataset, not per trial)
 
 
 def run_cli(argv: list[str], folder: Path) -> Verdict:
@@ -71,6 +88,7 @@ def run_cli(argv: list[str], folder: Path) -> Verdict:
     import ray
 
     before = set(os.listdir(folder))
+    WORK.clear()
     out, err = io.StringIO(), io.StringIO()
     start = time.monotonic()
     with contextlib.chdir(folder), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -80,7 +98,7 @@ def run_cli(argv: list[str], folder: Path) -> Verdict:
             code = "started"
     assert not ray.is_initialized()
     left = sorted(set(os.listdir(folder)) - before)
-    return Verdict(code, out.getvalue(), err.getvalue(), time.monotonic() - start, left)
+    return Verdict(code, out.getvalue(), err.getvalue(), time.monotonic() - start, left, WORK["configs"])
 
 
 def one_line_error(v: Verdict, *words: str) -> str:

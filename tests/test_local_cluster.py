@@ -20,6 +20,7 @@ import pytest
 
 from ray._private.authentication_test_utils import reset_auth_token_state
 
+from ray_results import trial_rows
 from s3_server import leaks, running_s3
 from sweeps.cluster import jobs
 from sweeps.tracking import store as tracking
@@ -240,13 +241,7 @@ def actor_nodes(address: str, job_id: str) -> dict[int, str]:
 
 def result_rows(folder: Path) -> dict[str, list[dict]]:
     """Trial key -> its result.json rows, in order."""
-    out: dict[str, list[dict]] = {}
-    for result in folder.glob("*/result.json"):
-        for line in result.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out.setdefault(row["config"]["trial"]["key"], []).append(row)
-    return out
+    return trial_rows(folder)
 
 
 def test_lost_worker_node_moves_its_trial_to_the_head(cluster, tmp_path):

@@ -4,8 +4,8 @@ entry point (in-process).
 A mutation known to break the spec (a wrong type, a typo'd key, a value out of range, an empty or
 huge grid, an unknown strategy or dataset, broken YAML, bad bytes, a non-mapping, an alias bomb)
 must give exit 2 and exactly one stderr line naming the file and the key where the spec is wrong,
-quickly, with nothing started or written: no Ray, no MLflow store, no Optuna journal, no run
-folder. A mutation that may leave the spec valid (null or a bool for a scalar) must either validate
+after bounded work (trial configs counted), with nothing started or written: no Ray, no MLflow store,
+no Optuna journal, no run folder. A mutation that may leave the spec valid (null or a bool for a scalar) must either validate
 (`--dry-run` lists the trials; `run` and `submit` get as far as the fenced start) or fail the same
 way. Each family of mutations is its own test, which also checks that its mutants were made and
 rejected, so none can pass vacuously. Examples are derandomized: CI runs the same ones every time.
@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dalsopt
-from cli_harness import Verdict, fenced, one_line_error, run_cli
+from cli_harness import HANG_S, MAX_CONFIGS, Verdict, fenced, one_line_error, run_cli
 from sweeps.train.data import DATASETS
 from sweeps.spec.common import TrialSettings, strategy_generations
 from sweeps.spec.loader import SPECS_DIR
@@ -38,7 +38,6 @@ from sweeps.spec.tune import Param, Sampler, Tune, TuneSpec
 
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW_S = 5.0  # any verdict on a bad spec, huge grids included, comes quicker than this
 
 RICH_SWEEP = """
 name: rich
@@ -381,7 +380,8 @@ def fuzz(mutations: st.SearchStrategy[Mutant], examples: int) -> Counter[str]:
             spec.write_bytes(mutant.content)
             argv = [a.format(spec) for a in commands[pick % len(commands)]]
             v = run_cli(argv, spec.parent)
-            assert v.seconds < SLOW_S, (argv, v.seconds, v.err)
+            assert v.seconds < HANG_S, (argv, v.seconds, v.err)
+            assert v.code != 2 or v.configs <= MAX_CONFIGS, (argv, v.configs, v.err)
             if mutant.must_fail or v.code == 2:
                 check_error(v, spec, mutant if mutant.must_fail else Mutant(mutant.kind, "maybe", b""))
             else:  # still valid: validated, and stopped where it would have started something

@@ -6,7 +6,6 @@ Ray's result.json rows are the ground truth every assertion compares MLflow agai
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import Server
+from ray_results import trial_rows
 from sweeps.cli import main as cli
 from sweeps.tracking import store as tracking
 
@@ -55,10 +55,9 @@ def start_sweep(spec: Path, log: Path) -> subprocess.Popen:
 def ray_epochs(folder: Path) -> dict[str, dict[int, dict]]:
     """Trial key -> epoch -> its first result row (as the tracking logs it)."""
     out: dict[str, dict[int, dict]] = {}
-    for result in folder.glob("*/result.json"):
-        for line in result.read_text().splitlines():
-            row = json.loads(line)
-            out.setdefault(row["config"]["trial"]["key"], {}).setdefault(int(row["epoch"]), row)
+    for key, found in trial_rows(folder).items():
+        for row in found:
+            out.setdefault(key, {}).setdefault(int(row["epoch"]), row)
     return out
 
 

@@ -25,6 +25,16 @@ def _curve(metrics: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
 
 
+def _scored(trial: Trial, inputs: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the trial's model on these rows, straight from its forward
+    pass in eval mode: what the trial's reported metrics must equal."""
+    trial.model.eval()
+    with torch.no_grad():
+        out = trial.model(inputs["x"]) if set(inputs) == {"x"} else trial.model(**inputs)
+    logits = getattr(out, "logits", out).float()
+    return float((logits.argmax(1) == y).float().mean()), float(torch.nn.functional.cross_entropy(logits, y))
+
+
 def write_cifar(root, per_batch: int) -> None:
     """CIFAR-10 python batches whose class shows in one channel's brightness (learnable in an epoch)."""
     folder = root / "cifar-10-batches-py"
@@ -94,8 +104,9 @@ def test_bad_config_is_a_one_line_value_error(overrides, match):
 
 @pytest.mark.parametrize("name", dalsopt.names())
 def test_every_strategy_is_accepted_in_both_regimes(name):
-    for dataset in ("synthetic", "trec6", "rte"):
-        TrialConfig.create(dataset=dataset, strategy=name)
+    for dataset, regime in (("synthetic", "scratch"), ("trec6", "finetune"), ("rte", "finetune")):
+        cfg = TrialConfig.create(dataset=dataset, strategy=name)
+        assert (cfg.strategy, cfg.dataset, cfg.regime) == (name, dataset, regime)
 
 
 def test_validation_zero_is_off_and_the_flag_is_a_float():
@@ -162,7 +173,8 @@ def test_minilm_trial_holds_out_text_rows():
                        batch_size=16, validation=0.02))
     assert len(trial.val[1]) == round(0.02 * 5452) and len(trial.train_y) == 32
     m = trial.run_epoch()
-    assert 0.0 <= m["val_accuracy"] <= 1.0 and np.isfinite(m["val_loss"])
+    accuracy, loss = _scored(trial, *trial.val)
+    assert m["val_accuracy"] == pytest.approx(accuracy) and m["val_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 def test_a_validation_split_too_small_to_hold_a_row_is_one_line():
@@ -252,9 +264,14 @@ def test_cifar10_trains_on_files_in_the_real_format(tmp_path):
 @pytest.mark.parametrize("dataset,regime", [("rte", "finetune"), ("imdb", "finetune"), ("rte", "scratch"),
                                             ("imdb", "scratch")])
 def test_text_datasets_run_an_epoch(dataset, regime):
-    m = Trial(dict(dataset=dataset, regime=regime, strategy="adamw", epochs=1, max_train=32, max_eval=16,
-                   max_length=32, batch_size=16)).run_epoch()
-    assert m["status"] == "finished" and 0.0 <= m["eval_accuracy"] <= 1.0 and np.isfinite(m["eval_loss"])
+    trial = Trial(dict(dataset=dataset, regime=regime, strategy="adamw", epochs=1, max_train=32, max_eval=16,
+                       max_length=32, batch_size=16))
+    before = [p.detach().clone() for p in trial.model.parameters()]
+    m = trial.run_epoch()
+    assert m["status"] == "finished" and trial.epoch == 1 and np.isfinite(m["train_loss"])
+    assert all(not torch.equal(a, b) for a, b in zip(before, trial.model.parameters()) if b.grad is not None)
+    accuracy, loss = _scored(trial, trial.eval_inputs, trial.eval_y)  # the reported metrics are the model's
+    assert m["eval_accuracy"] == pytest.approx(accuracy) and m["eval_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 @pytest.mark.slow
@@ -277,8 +294,14 @@ def test_user_csv_trains_in_both_regimes(tmp_path):
                   strategy="adamw")
     scratch = list(run_trial(dict(common, regime="scratch", hp={"lr": 3e-3})))
     assert scratch[-1]["eval_accuracy"] > 0.8
-    tuned = Trial(dict(common, regime="finetune", epochs=1, max_train=64, max_length=16))
+    # fine-tuning MiniLM on the same file, tiny (64 rows, 16 tokens): it trains, and learns the words
+    tuned = Trial(dict(common, regime="finetune", epochs=3, max_train=64, max_length=16, batch_size=16,
+                       hp={"lr": 1e-4}))
     assert tuned.config.model == "minilm" and tuned.num_classes == 2
+    curve = [tuned.run_epoch() for _ in range(3)]
+    assert [m["status"] for m in curve] == ["running", "running", "finished"]
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+    assert curve[-1]["eval_accuracy"] > 0.8, curve
 
 
 # --- determinism, checkpoints, divergence ----------------------------------------------------------------
@@ -324,7 +347,8 @@ def test_huge_learning_rate_diverges_without_raising():
     trial = Trial(dict(dataset="synthetic", strategy="sgd", epochs=5, max_train=2048, hp={"lr": 1e12}))
     m = trial.run_epoch()
     assert m["status"] == "diverged" == trial.status and trial.done and trial.epoch == 1
-    assert not np.isfinite(m["train_loss"]) and 0.0 <= m["eval_accuracy"] <= 1.0
+    assert not np.isfinite(m["train_loss"]) and m["eval_accuracy"] == pytest.approx(
+        _scored(trial, trial.eval_inputs, trial.eval_y)[0])  # what the broken model scores, not an error
     assert set(m) >= {"epoch", "train_loss", "eval_accuracy", "eval_loss", "lr_bottom", "lr_top", "seconds",
                       "examples_per_second", "status"}
     with pytest.raises(RuntimeError, match="diverged"):
