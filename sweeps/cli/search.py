@@ -10,6 +10,7 @@ from typing import Any
 from sweeps.cluster.address import check_address
 from sweeps.redact import redact
 from sweeps.spec.common import SpecError
+from sweeps.spec.loader import read_yaml, resolve_path
 from sweeps.spec.search import SearchSpec, load_search_spec, parse_search_spec
 
 SOURCE = "dals search"
@@ -69,23 +70,32 @@ def dry_run(spec: SearchSpec, say=print) -> None:
     say(f"  Optuna storage {redact(spec.optuna_storage_url())}; winner preset {spec.preset_name('<strategy>')}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    spec, path = load(args)  # every input is checked before Ray, Optuna or MLflow start
-    if args.address is not None:
-        check_address(args.address)
-    if args.dry_run:
+def is_search_spec(ref: str) -> bool:
+    """Whether spec file `ref` is a search (`tune.strategies`), so `dals tune run` hands it here."""
+    try:
+        data = read_yaml(resolve_path(ref))
+    except (SpecError, OSError):
+        return False  # `dals tune run` reports it
+    return isinstance(data, dict) and isinstance(data.get("tune"), dict) and "strategies" in data["tune"]
+
+
+def run(spec: SearchSpec, path: Path | None, *, address: str | None = None, fresh: bool = False,
+        dry: bool = False, out_dir: str | None = None) -> int:
+    """Run (or dry-run) a checked search spec; `path` None: the flags' spec, kept beside the results."""
+    if address is not None:
+        check_address(address)
+    if dry:
         dry_run(spec)
         return 0
     from sweeps.runner.rerun import run_search  # Ray's and Optuna's start-up, only when running
 
-    if path is None:  # the flags' spec, kept beside the results (MLflow's parent run holds it too)
+    if path is None:  # MLflow's parent run holds it too
         import yaml
 
-        path = Path(args.out or Path("results") / spec.name) / "search-spec.yaml"
+        path = Path(out_dir or Path("results") / spec.name) / "search-spec.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
-    out = run_search(spec, path, address=args.address, fresh=args.fresh,
-                     out_dir=Path(args.out) if args.out else None)
+    out = run_search(spec, path, address=address, fresh=fresh, out_dir=Path(out_dir) if out_dir else None)
     w = out.winner
     if w is None:
         print(f"search {spec.name}: no configuration finished; report: {out.report}")
@@ -94,6 +104,11 @@ def _run(args: argparse.Namespace) -> int:
           f"(seeds {spec.tune.rerun_seeds}); {out.verdict}")
     print(f"preset: {out.preset} (dalsopt.make({out.preset.stem!r}, model, total_steps=T)); report: {out.report}")
     return 0 if out.done >= spec.tune.trials or spec.tune.minutes else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec, path = load(args)  # every input is checked before Ray, Optuna or MLflow start
+    return run(spec, path, address=args.address, fresh=args.fresh, dry=args.dry_run, out_dir=args.out)
 
 
 def _seeds(text: str) -> list[int]:

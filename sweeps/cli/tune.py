@@ -6,18 +6,22 @@ import argparse
 import re
 from pathlib import Path
 
-from sweeps.cli import jobs
+from sweeps.cli import jobs, search
 from sweeps.cli.args import port, shipped_specs
 from sweeps.cluster.address import check_address
 from sweeps.redact import redact
 from sweeps.spec.common import SpecError
 from sweeps.spec.loader import resolve_path
+from sweeps.spec.search import load_search_spec
 from sweeps.spec.tune import JOURNAL_FILE, TuneSpec, load_tune_spec
 
 PRESET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 def _run(args: argparse.Namespace) -> int:
+    if search.is_search_spec(args.spec):  # tune.strategies: a strategy search (`dals search SPEC`)
+        spec, path = load_search_spec(args.spec)
+        return search.run(spec, path, address=args.address, fresh=args.fresh, dry=args.dry_run)
     spec, path = load_tune_spec(args.spec)  # every input is checked before Ray, Optuna or MLflow
     if args.address is not None:
         check_address(args.address)
