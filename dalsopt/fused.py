@@ -67,7 +67,12 @@ def second_pass(ps: list[Tensor], directions: list[Tensor], lr: float, rs: list[
 
 CHUNK = 4  # tensors per compiled call: graphs for chunk lengths 1..4 serve any model
 _KERNELS: dict[str, Callable[..., tuple]] = {"meta": first_pass}  # meta: nothing to compile for
-_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+
+
+def _compile_errors() -> tuple[type[Exception], ...]:
+    """torch.compile's own errors; looked up when one is raised, so importing dalsopt does not import
+    torch._dynamo (seconds of every process's start-up: each sweep driver and trial worker)."""
+    return (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 
 
 def _eager_from_now(device: torch.device, exc: Exception) -> Callable[..., tuple]:
@@ -95,7 +100,7 @@ def _first_pass(device: torch.device, *args, **flags) -> tuple[list[Tensor], lis
     try:
         with torch._dynamo.config.patch(recompile_limit=64):  # chunk lengths x flags x dtypes, all legitimate
             return kernel(*args, **flags)
-    except _COMPILE_ERRORS as exc:
+    except _compile_errors() as exc:
         if kernel is first_pass:
             raise
         return _eager_from_now(device, exc)(*args, **flags)
