@@ -109,11 +109,16 @@ def test_missing_text_files_offline(tmp_path, dataset, folder):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("bad", ["mnist", "file:", "", "TREC6"])
-def test_unknown_dataset_id(bad):
+@pytest.mark.parametrize("bad,words", [
+    ("mnist", ["unknown dataset 'mnist'", "known: synthetic", "file:PATH", "hf:ID"]),
+    ("file:", ["dataset 'file:' names no file or Hugging Face id after the prefix"]),
+    ("", ["unknown dataset ''", "known: synthetic"]),
+    ("TREC6", ["unknown dataset 'TREC6'", "trec6-scratch"]),  # ids are case-sensitive
+])
+def test_unknown_dataset_id(bad, words):
     with pytest.raises(ValueError) as err:
         data.load(bad, "train")
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
 
 def test_bad_split_and_subset_size():

@@ -37,7 +37,7 @@ def test_local_storage_is_refused_for_a_remote_cluster_only(monkeypatch, tmp_pat
     check_storage_for_address(str(tmp_path / "runs"), REMOTE, shared=[str(tmp_path)])
     monkeypatch.setenv("DALS_SHARED_STORAGE", f"/elsewhere:{tmp_path}")
     check_storage_for_address(str(tmp_path / "a" / "b"), REMOTE)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^storage: '{tmp_path}-not-below' is a local path"):
         check_storage_for_address(str(tmp_path) + "-not-below", REMOTE)
 
 

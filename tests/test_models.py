@@ -25,27 +25,46 @@ def test_cnn_and_resnet_on_cifar_shapes():
     assert models.build("resnet18", kind="image", regime="scratch", num_classes=10)(x).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["textcnn", "bilstm"])
+@pytest.mark.parametrize("name", ["textcnn", "bilstm", "minilm"])
 def test_text_models_ignore_padding(name):
+    """Every model that takes padded text gives the same logits however much trailing padding a batch
+    has (id 0 is the padding id of the scratch vocabularies and of MiniLM's tokenizer), and a row's
+    logits do not depend on the other rows' lengths."""
     torch.manual_seed(0)
-    net = models.build(name, kind="text", regime="scratch", num_classes=6, vocab_size=50).eval()
+    regime, extra = ("finetune", {}) if name == "minilm" else ("scratch", {"vocab_size": 50})
+    net = models.build(name, kind="text", regime=regime, num_classes=6, **extra).eval()
+    if name == "textcnn":  # a bias above every real window's score: a padded window would win the max
+        with torch.no_grad():
+            for conv in net.convs:
+                conv.bias.fill_(5.0)
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        out = net(input_ids=ids, attention_mask=(ids != 0).long())
+        return getattr(out, "logits", out)
+
     ids = torch.tensor([[5, 6, 7, 8, 9, 0, 0], [3, 4, 5, 6, 7, 8, 9]])
-    longer = torch.cat([ids, torch.zeros(2, 6, dtype=torch.long)], dim=1)
-    out = net(input_ids=ids, attention_mask=(ids != 0).long())
+    out = logits(ids)
     assert out.shape == (2, 6)
-    if name == "bilstm":  # packed sequences: trailing padding changes nothing
-        torch.testing.assert_close(net(input_ids=longer, attention_mask=(longer != 0).long()), out)
-    assert list(net.named_children())[0][0] == "embedding" and list(net.named_children())[-1][0] == "head"
+    for pad in (1, 6):
+        longer = torch.cat([ids, torch.zeros(2, pad, dtype=torch.long)], dim=1)
+        torch.testing.assert_close(logits(longer), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(ids[:1, :5]), out[:1], rtol=1e-5, atol=1e-5)  # no padding at all
+    if name != "minilm":
+        assert list(net.named_children())[0][0] == "embedding" and list(net.named_children())[-1][0] == "head"
 
 
-@pytest.mark.parametrize("model,kind,regime", [
-    ("cnn", "tensor", "scratch"), ("mlp:0,3", "tensor", "scratch"), ("mlp:a", "tensor", "scratch"),
-    ("mlp", "image", "scratch"), ("minilm", "text", "scratch"), ("textcnn", "text", "finetune"),
+@pytest.mark.parametrize("model,kind,regime,words", [
+    ("cnn", "tensor", "scratch", ["model 'cnn' does not fit tensor data in the scratch regime", "use mlp or mlp:H1"]),
+    ("mlp:0,3", "tensor", "scratch", ["bad model 'mlp:0,3'", "positive widths"]),
+    ("mlp:a", "tensor", "scratch", ["bad model 'mlp:a'", "positive widths"]),
+    ("mlp", "image", "scratch", ["model 'mlp' does not fit image data", "cnn", "resnet18"]),
+    ("minilm", "text", "scratch", ["model 'minilm' does not fit text data in the scratch regime", "textcnn"]),
+    ("textcnn", "text", "finetune", ["model 'textcnn' does not fit text data in the finetune regime", "minilm"]),
 ])
-def test_model_that_does_not_fit_is_one_line(model, kind, regime):
+def test_model_that_does_not_fit_is_one_line(model, kind, regime, words):
     with pytest.raises(ValueError) as err:
         models.check_model(model, kind, regime)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
 
 def test_minilm_ships_locally_and_gets_a_seeded_head():

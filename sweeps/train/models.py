@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from sweeps.train.data.sources import reachable
 
@@ -70,8 +71,17 @@ class TextCNN(nn.Module):
         self.head = nn.Linear(filters * len(widths), num_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embedding(input_ids).transpose(1, 2)  # [B, dim, L]
-        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]
+        """Max over the windows that start at a real token; past its end a window sees zeros, however
+        much padding the batch has (padded windows scored relu(bias) and could win the max)."""
+        mask = (input_ids != 0) if attention_mask is None else attention_mask.bool()
+        reach = max(conv.kernel_size[0] for conv in self.convs) - 1
+        x = F.pad(self.embedding(input_ids) * mask.unsqueeze(2), (0, 0, 0, reach)).transpose(1, 2)
+        pooled = []
+        for conv in self.convs:
+            out = conv(x)  # [B, filters, L + reach - width + 1], at least L windows
+            starts = mask.new_zeros(out.shape[0], out.shape[2])
+            starts[:, :mask.shape[1]] = mask
+            pooled.append(torch.relu(out.masked_fill(~starts.unsqueeze(1), float("-inf")).amax(dim=2)))
         return self.head(self.dropout(torch.cat(pooled, dim=1)))
 
 
