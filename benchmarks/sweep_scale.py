@@ -100,14 +100,21 @@ def row(label: str, trials: int, m: dict[str, float]) -> dict[str, float | str |
 def table(rows: list[dict], anchor: dict) -> str:
     base = next(r for r in rows if r["run"] == "dals")["cpu_per_trial_s"]
     lines = ["| run | trials | wall | wall/trial | x bare | driver CPU (user + sys) | CPU/trial | growth "
-             "| all processes' CPU/trial |", "|---|---|---|---|---|---|---|---|---|"]
+             "| marginal CPU/trial | all processes' CPU/trial |", "|---|---|---|---|---|---|---|---|---|---|"]
+    previous = None
     for r in rows + [anchor]:
         ratio = r["wall_per_trial_s"] / anchor["wall_per_trial_s"]
         growth = f"{r['cpu_per_trial_s'] / base:.2f}x" if r["run"] == "dals" else ""
+        cpu = r["user_s"] + r["sys_s"]
+        marginal = ""  # what each trial more costs: the fixed start-up and report left out
+        if r["run"] == "dals" and previous is not None:
+            marginal = f"{(cpu - previous[1]) / (r['trials'] - previous[0]):.3f} s"
+        if r["run"] == "dals":
+            previous = (r["trials"], cpu)
         lines.append(f"| {'dals sweep run' if r['run'] == 'dals' else 'bare Ray Tune'} | {r['trials']} | "
                      f"{r['wall_s']:.1f} s | {r['wall_per_trial_s']:.3f} s | {ratio:.2f}x | "
                      f"{r['user_s'] + r['sys_s']:.1f} s ({r['user_s']:.1f} + {r['sys_s']:.1f}) | "
-                     f"{r['cpu_per_trial_s']:.3f} s | {growth} | {r['tree_cpu_s'] / r['trials']:.3f} s |")
+                     f"{r['cpu_per_trial_s']:.3f} s | {growth} | {marginal} | {r['tree_cpu_s'] / r['trials']:.3f} s |")
     return "\n".join(lines)
 
 
@@ -143,7 +150,8 @@ def main() -> int:
              f"growth {sizes[0]} -> {sizes[-1]} <= {GROWTH_GOAL}x")
     print(goals)
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n\n" + goals + "\n")
+        command = "python benchmarks/sweep_scale.py " + " ".join(sys.argv[1:])
+        Path(args.markdown).write_text(f"`{command}`\n\n{text}\n\n{goals}\n")
     return 0
 
 
