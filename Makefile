@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOG   := $(VENV)/setup.log
 STEP  := @sh scripts/setup_step.sh $(LOG)
 
-.PHONY: venv run test bench browser paper
+.PHONY: venv run test bench browser postgres paper
 
 $(STAMP): pyproject.toml requirements.txt
 	@mkdir -p $(VENV) && : > $(LOG)
@@ -31,7 +31,15 @@ browser:
 	      sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver' \
 	    || echo "chromium not installed: the browser test will skip"; }
 
-test: $(STAMP) browser
+# The local cluster tests run PostgreSQL's server binaries (initdb, postgres): from apt as root (no
+# cluster created, nothing started), else they skip with one line.
+postgres:
+	@[ -n "$$DALS_PG_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && mkdir -p $(VENV) && sh scripts/setup_step.sh $(LOG) "installing PostgreSQL's server binaries for the local cluster tests (apt)" \
+	      sh -c 'mkdir -p /etc/postgresql-common/createcluster.d && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/dals.conf && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql' \
+	    || echo "PostgreSQL not installed: the local cluster tests will skip"; }
+
+test: $(STAMP) browser postgres
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
