@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from sweeps.tracking import store as tracking
 from sweeps.experiment.folder import experiment_dir, read_meta
 from sweeps.runner.grid import run_sweep
 from sweeps.spec.sweep import load_spec
+from ray_results import trial_rows
 from spec_files import write_spec
 from tracked_runs import git_checkout
 
@@ -26,12 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def trial_results(folder: str) -> dict[str, list[dict]]:
     """Trial key -> the result rows Ray wrote for it."""
-    out = {}
-    for result in Path(folder).glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines()]
-        if rows:
-            out[rows[0]["config"]["trial"]["key"]] = rows
-    return out
+    return trial_rows(folder)
 
 
 def mlflow_runs(folder: str):
@@ -161,6 +156,16 @@ def start(spec: Path, cwd: Path, log: Path) -> subprocess.Popen:
                             cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def wait_or_kill(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The exit code; a generous timeout (the machine may be loaded) kills the sweep and gives None."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
 def finished_keys(folder: str) -> set[str]:
     return {k for k, rows in trial_results(folder).items() if rows[-1]["status"] == "finished"}
 
@@ -177,11 +182,16 @@ def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
     folder = str(tmp_path / "dals-runs" / "resume")
 
     first = start(path, tmp_path, tmp_path / "first.log")
-    deadline = time.monotonic() + 180
-    while not finished_keys(folder) and first.poll() is None and time.monotonic() < deadline:
+    # Ctrl+C once the first trial's last result row is on disk (one at a time, 5 epochs each: the
+    # others are far from done); the deadline is generous, reaching it is a failure, not a race lost
+    deadline = time.monotonic() + 600
+    while not finished_keys(folder):
+        if first.poll() is not None or time.monotonic() > deadline:
+            first.kill()
+            pytest.fail(f"no trial finished (rc {first.poll()}): {(tmp_path / 'first.log').read_text()[-3000:]}")
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)
-    assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()
+    assert wait_or_kill(first, 600) == 130, (tmp_path / "first.log").read_text()
     log = (tmp_path / "first.log").read_text()
     done_before = finished_keys(folder)
     assert 1 <= len(done_before) < 4
@@ -189,7 +199,7 @@ def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
     before = {k: rows for k, rows in trial_results(folder).items() if k in done_before}
 
     second = start(path, tmp_path, tmp_path / "second.log")
-    assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()
+    assert wait_or_kill(second, 900) == 0, (tmp_path / "second.log").read_text()
     log = (tmp_path / "second.log").read_text()
     assert f"resuming, {len(done_before)} finished before" in log
 
