@@ -4,8 +4,9 @@ trials and their checkpoints, and the precision setting's errors.
 Loss scaling by a power of two is exact in floating point (short of overflow), so a strategy stepping on
 unscaled gradients takes bit for bit the step it takes without a scaler: the first test compares every
 strategy's weights and state after three steps against a plain loop without one (torch's GradScaler runs
-on the CPU too; the same test on CUDA carries the `gpu` mark). A scaler whose scale overflows the loss
-stands in for an fp16 overflow.
+on the CPU too; the same test on CUDA carries the `gpu` mark and allows float32 rounding, as CUDA's
+reductions need not repeat their order). A scaler whose scale overflows the loss stands in for an fp16
+overflow.
 """
 from __future__ import annotations
 
@@ -56,18 +57,22 @@ def plain_step(s, loss_fn) -> None:
     s.step(loss=loss.detach(), closure=closure)
 
 
-def assert_same(a, b, path="state") -> None:
-    """Two state dicts equal bit for bit (tensors by value, the rest by ==)."""
+def assert_same(a, b, path="state", exact: bool = True) -> None:
+    """Two state dicts equal bit for bit (tensors by value, the rest by ==); `exact=False`: tensors
+    within float32 rounding (CUDA's reductions need not repeat their order from run to run)."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
+            assert_same(a[k], b[k], f"{path}.{k}", exact)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
         for i, (u, v) in enumerate(zip(a, b)):
-            assert_same(u, v, f"{path}[{i}]")
+            assert_same(u, v, f"{path}[{i}]", exact)
     elif isinstance(a, torch.Tensor):
-        assert torch.equal(a.cpu(), b.cpu()), path
+        if exact:
+            assert torch.equal(a.cpu(), b.cpu()), path
+        else:
+            torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-7, msg=path)
     else:
         assert a == b, path
 
@@ -88,9 +93,9 @@ def test_every_strategy_takes_the_same_step_under_a_grad_scaler(name, device):
         plain_step(ref, ref_loss)
         scaled.step(s, loss_fn)
     assert scaled.skipped == 0 and scaled.scaler.get_scale() == 2.0 ** 16
-    for p, q in zip(ref_model.parameters(), model.parameters()):
-        assert torch.equal(p, q), name
-    assert_same(ref.state_dict(), s.state_dict())
+    exact = device == "cpu"
+    assert_same(list(ref_model.parameters()), list(model.parameters()), name, exact)
+    assert_same(ref.state_dict(), s.state_dict(), "state", exact)
 
 
 def overflowing(name: str, device: str = "cpu", second_pass_only: bool = False):
