@@ -259,6 +259,40 @@ def test_asha_scheduler_from_the_spec(tmp_path):
     assert asha._brackets[0]._rungs[-1][0] == 2  # the first rung is at the grace period
 
 
+def test_asha_sweep_end_to_end_then_fresh(in_tmp):
+    """A sweep with ASHA (grace 1, factor 2, one trial at a time so each meets the earlier ones at the
+    rung): the trials it stops early are `stopped` in Ray's rows, MLflow and the report, the others run
+    all epochs; `--fresh` then discards that run and trains every trial again."""
+    path = write_spec(in_tmp, """
+        name: asha-e2e
+        grid: {strategies: [sgd, adam, lion, dals], datasets: [synthetic], seeds: [0]}
+        defaults: {epochs: 3, max_train: 256, max_eval: 128}
+        resources: {cpu: 1, max_concurrent: 1}
+        scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+    """)
+    spec, _ = load_spec(path)
+    outcome = run_sweep(spec, path, num_cpus=2)
+    folder = experiment_dir(spec)
+    results = trial_results(folder)
+    epochs = {key: [r["epoch"] for r in rows] for key, rows in results.items()}
+    stopped = {k for k, e in epochs.items() if e != [1, 2, 3]}
+    assert stopped and len(stopped) < 4, epochs
+    assert all(epochs[k] in ([1], [1, 2]) for k in stopped)
+    assert outcome.complete and outcome.total == 4
+    _, children = mlflow_runs(folder)
+    status = {c.data.tags[tracking.TAG_KEY]: c.data.tags[tracking.TAG_STATUS] for c in children}
+    assert status == {k: "stopped" if k in stopped else "finished" for k in epochs}
+    report = Path(outcome.report).read_text()
+    assert f"4 trials: {4 - len(stopped)} finished, {len(stopped)} stopped" in report
+
+    first_ids = {key: rows[0]["trial_id"] for key, rows in results.items()}
+    fresh = run_sweep(spec, path, fresh=True, num_cpus=2, report=False)
+    assert fresh.finished_before == 0 and fresh.complete and fresh.sweep_id != outcome.sweep_id
+    again = trial_results(experiment_dir(spec))
+    assert sorted(again) == sorted(results)
+    assert all(rows[0]["trial_id"] != first_ids[key] for key, rows in again.items())  # trained anew
+
+
 def test_progress_eta_from_finished_and_running_epochs():
     """ETA = the epochs still to train over the rate this run trained them at (closed form)."""
     from types import SimpleNamespace
