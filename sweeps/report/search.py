@@ -30,7 +30,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 FAMILY = {s: f for f, members in FAMILIES.items() for s in members}
 PAPER_REGIME = {"synthetic": "scratch", "cifar10": "scratch", "rte": "finetune", "trec6": "finetune",
                 "imdb": "finetune"}
-MIN_SHARED = 4  # strategies the search and the paper must share for a regime call
+MIN_SHARED = 6  # strategies the search and the paper must share for a regime call
+MIN_RHO = 0.3  # below it, no paper column ranks the strategies like the search does
 
 
 def leaderboard(trials: list[dict[str, Any]]) -> pd.DataFrame:
@@ -38,7 +39,7 @@ def leaderboard(trials: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(trials)
     if df.empty:
         return pd.DataFrame(columns=["strategy", "family", "generation", "trials", "complete", "pruned",
-                                     "trial_epochs", "best_val", "best_trial", "hp"])
+                                     "trial_epochs", "best_val", "reached", "score", "best_trial", "hp"])
     rows = []
     for strategy, g in df.groupby("strategy", sort=False):
         done = g[g["state"] == "COMPLETE"]
@@ -47,10 +48,12 @@ def leaderboard(trials: list[dict[str, Any]]) -> pd.DataFrame:
                      "generation": int(g["generation"].iloc[0]), "trials": len(g), "complete": len(done),
                      "pruned": int((g["state"] == "PRUNED").sum()), "trial_epochs": int(g["trial_epochs"].sum()),
                      "best_val": math.nan if best is None else float(best["value"]),
+                     "reached": int(g["curve"].map(len).max()),
+                     "score": max(len(c) * 10 + c[-1] for c in g["curve"] if c) if g["curve"].map(len).max() else math.nan,
                      "best_trial": None if best is None else int(best["number"]),
                      "hp": {} if best is None else best["hp"]})
     out = pd.DataFrame(rows)
-    return out.sort_values(["best_val", "trial_epochs"], ascending=[False, False], na_position="last",
+    return out.sort_values(["best_val", "score"], ascending=[False, False], na_position="last",
                            ignore_index=True)
 
 
@@ -66,8 +69,11 @@ def grouped(board: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def regime_like(board: pd.DataFrame) -> tuple[str, str, float, int] | None:
-    """(regime, paper dataset, Spearman rho, strategies compared), or None with too few strategies."""
-    ours = board.dropna(subset=["best_val"]).set_index("strategy")["best_val"]
+    """(regime, paper dataset, Spearman rho, strategies compared): the paper's Table 1 column that
+    ranks the strategies most like the search, None under MIN_SHARED strategies. The search ranks a
+    strategy as ASHA does (`score`): by the furthest epoch any of its trials reached, then by its
+    value there, so every strategy the search looked at counts, stopped ones too."""
+    ours = board.dropna(subset=["score"]).set_index("strategy")["score"]
     paper = {k.split("@", 1)[0]: v for k, v in PAPER_TABLE1.items()}
     shared = [s for s in ours.index if s in paper]
     if len(shared) < MIN_SHARED:
@@ -79,6 +85,17 @@ def regime_like(board: pd.DataFrame) -> tuple[str, str, float, int] | None:
         if best is None or (rho == rho and rho > best[2]):
             best = (PAPER_REGIME[dataset], dataset, rho, len(shared))
     return best
+
+
+def regime_line(like: tuple[str, str, float, int] | None) -> str:
+    if like is None:
+        return f"Regime: too few strategies were looked at (< {MIN_SHARED}) to compare with the paper."
+    regime, dataset, rho, n = like
+    if not rho >= MIN_RHO:
+        return (f"Regime: no clear match: the closest of the paper's Table 1 columns is {dataset} ({regime}), "
+                f"Spearman {rho:+.2f} over {n} strategies (under {MIN_RHO}).")
+    return (f"Regime: the dataset behaves like **{regime}**: the search ranks the strategies most like the "
+            f"paper's {dataset} column (Spearman {rho:+.2f} over {n} strategies).")
 
 
 def _num(x: Any, digits: int = 4) -> str:
@@ -144,13 +161,10 @@ def write_search_report(out_dir: Path, *, title: str, trials: list[dict[str, Any
         lines += [f"**Winner: `{winner['strategy']}`** ({_hp(winner['hp'])}): test accuracy "
                   f"{_num(winner['test_mean'])} ± {_num(winner['test_std'])} on fresh seeds "
                   f"{budget['rerun_seeds']}; preset `{preset}`.", "", f"Verdict: {verdict}.", ""]
-    like = regime_like(board)
-    lines += ["Regime: " + (f"the dataset behaves like **{like[0]}**: the search ranks the strategies most like "
-                            f"the paper's {like[1]} column (Spearman {like[2]:+.2f} over {like[3]} strategies)."
-                            if like else f"too few strategies finished (< {MIN_SHARED}) to compare with the paper."), ""]
+    lines += [regime_line(regime_like(board)), ""]
     states = pd.Series([t["state"] for t in trials]).value_counts().to_dict() if trials else {}
     lines += [f"Budget: {budget['trials']} trials" + (f" or {budget['minutes']:g} min" if budget.get("minutes") else "")
-              + f", {budget['seeds']} seeds each; {len(trials)} started ({', '.join(f'{v} {k.lower()}' for k, v in states.items())}); "
+              + f", {budget['seeds']} seed{'s' if budget['seeds'] != 1 else ''} each; {len(trials)} started ({', '.join(f'{v} {k.lower()}' for k, v in states.items())}); "
               f"trial-epochs: search {trial_epochs['search']}, re-run {trial_epochs['rerun']}; wall {budget['wall_s']:g} s.", ""]
     lines += ["## Top-k on fresh seeds", "",
               "Ranked by mean validation accuracy on the fresh seeds; test accuracy is reported, never chosen on.", ""]
@@ -158,8 +172,9 @@ def write_search_report(out_dir: Path, *, title: str, trials: list[dict[str, Any
                     [[i + 1, r["strategy"], r["number"], _num(r["objective"]), _num(r["val_mean"]),
                       f"{_num(r['test_mean'])} ± {_num(r['test_std'])}", _hp(r["hp"])] for i, r in enumerate(reruns)])
     lines += ["", "## Leaderboard (search, best complete trial per strategy)", ""]
-    lines += _table(["strategy", "family", "gen", "trials", "complete", "pruned", "trial-epochs", "best val", "hp"],
-                    [[r.strategy, r.family, r.generation, r.trials, r.complete, r.pruned, r.trial_epochs,
+    lines += _table(["strategy", "family", "gen", "trials", "complete", "pruned", "trial-epochs", "furthest epoch",
+                     "best val (complete)", "hp"],
+                    [[r.strategy, r.family, r.generation, r.trials, r.complete, r.pruned, r.trial_epochs, r.reached,
                       _num(r.best_val), _hp(r.hp)] for r in board.itertuples()])
     for by, label in (("family", "family"), ("generation", "generation")):
         g = grouped(board, by) if len(board) else pd.DataFrame()

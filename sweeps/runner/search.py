@@ -113,6 +113,7 @@ def fit(trainable, spec: SearchSpec, name: str, param_space: dict, tune_config: 
     fs, storage_path = filesystem(spec.storage_path())
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tune_config.trial_dirname_creator = dirname
+    tune_config.reuse_actors = True  # as the grid: no new worker (and torch import) per trial
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=tune.RunConfig(
         name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0, callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
