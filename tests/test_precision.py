@@ -242,3 +242,28 @@ def test_a_bad_precision_in_a_spec_names_the_file_the_section_and_the_key():
 def test_an_fp16_trial_on_cuda_reports_its_scaler_and_memory():
     m = Trial(synthetic(precision="fp16", device="cuda", epochs=1)).run_epoch()
     assert m["precision"] == "fp16" and m["loss_scale"] > 0 and m["gpu_mem_peak_gb"] > 0
+
+
+# --- where the trial runs ---------------------------------------------------------------------------------
+
+def test_a_compiled_trial_trains_and_checkpoints_the_models_own_weights(tmp_path):
+    """`compile: true`: the forward goes through torch.compile; the checkpoint holds the model's own
+    state_dict (no `_orig_mod.` prefixes), so it loads into an uncompiled trial."""
+    trial = Trial(synthetic(epochs=2, compile=True))
+    assert trial.forward is not trial.model
+    assert curve(trial)[-1]["eval_accuracy"] > 0.8
+    trial.save(tmp_path)
+    saved = torch.load(tmp_path / "trial.pt", weights_only=True)["model"]
+    assert set(saved) == set(Trial(synthetic(epochs=1)).model.state_dict())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_move_through_pinned_memory_only_on_cuda(device):
+    from sweeps.train import device as devices
+
+    t = torch.arange(6)
+    moved = devices.to_device(t, torch.device(device))
+    assert moved.device.type == device and torch.equal(moved.cpu(), t)
+    if device == "cpu":
+        assert moved is t  # nothing copied
+    assert devices.epoch_metrics(torch.device(device)).keys() == ({"gpu_mem_peak_gb"} if device == "cuda" else set())
