@@ -92,7 +92,7 @@ def run(spec: SearchSpec, path: Path | None, *, address: str | None = None, fres
     if path is None:  # MLflow's parent run holds it too
         import yaml
 
-        path = Path(out_dir or Path("results") / spec.name) / "search-spec.yaml"
+        path = Path(out_dir or Path("results") / spec.studies()[0].name) / "search-spec.yaml"  # the report's folder
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
     out = run_search(spec, path, address=address, fresh=fresh, out_dir=Path(out_dir) if out_dir else None)
