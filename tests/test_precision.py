@@ -171,7 +171,7 @@ def curve(trial: Trial) -> list[dict]:
 def test_a_bf16_trial_learns_and_runs_the_same_twice():
     a, b = curve(Trial(synthetic(precision="bf16"))), curve(Trial(synthetic(precision="bf16")))
     assert a == b
-    assert a[-1]["precision"] == "bf16" and a[-1]["eval_accuracy"] > 0.85  # chance 0.5
+    assert a[-1]["precision"] == "bf16" and a[-1]["eval_accuracy"] > 0.85  # 10 classes: chance 0.1
     assert a[-1]["train_loss"] < a[0]["train_loss"]
     fp32 = curve(Trial(synthetic(precision="fp32")))
     assert fp32[-1]["train_loss"] != a[-1]["train_loss"]  # autocast did run in bf16
