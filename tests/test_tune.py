@@ -248,3 +248,76 @@ def test_cli_registers_tune_before_jobs():
     parser = build_parser()
     for action in ("run", "export", "submit"):
         assert parser.parse_args(["tune", action, "x"] if action != "run" else ["tune", "run", "x"]).tune_command == action
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_study_per_dataset_fresh_and_export_through_the_cli(tmp_path, monkeypatch, capsys):
+    """`study_per: dataset`: one study per dataset, each trial training only its dataset; `dals tune run`
+    again adds nothing, `--fresh` deletes the studies and runs them anew; `dals tune export STUDY --spec
+    SPEC` writes the study's best params as a preset."""
+    import datetime
+
+    import optuna
+    import ray
+    from optuna.trial import TrialState
+
+    from dalsopt import presets
+    from sweeps.cli import main as cli
+    from sweeps.runner.studies import ATTR_SWEEP, optuna_storage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(presets, "DIRECTORY", tmp_path / "presets")
+    path = tmp_path / "per-dataset.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: td
+        metric: eval_accuracy
+        tune:
+          strategy: sgd
+          datasets: [synthetic, synthetic-gmm]
+          study_per: dataset
+          space: {lr: {type: float, low: 0.01, high: 0.3, log: true}}
+          trials: 2
+          concurrency: 2
+          seeds: 1
+          sampler: {type: random, seed: 0}
+        defaults: {epochs: 1, max_train: 256, max_eval: 128}
+        resources: {cpu: 1}
+    """))
+    spec, _ = load_tune_spec(path)
+    assert [(s.name, s.datasets) for s in spec.studies()] == [("td-synthetic", ("synthetic",)),
+                                                              ("td-synthetic-gmm", ("synthetic-gmm",))]
+    storage = optuna_storage(spec.optuna_storage_url())
+    store = tracking.Store(spec.tracking_uri(), "td")
+
+    def studies() -> dict[str, optuna.Study]:
+        return {n: optuna.load_study(study_name=n, storage=storage) for n in ("td-synthetic", "td-synthetic-gmm")}
+
+    try:
+        assert cli.main(["tune", "run", str(path)]) == 0
+        first = {name: study.user_attrs[ATTR_SWEEP] for name, study in studies().items()}
+        for name, study in studies().items():
+            assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+            _, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
+            assert len(children) == 2
+            dataset = name.removeprefix("td-")
+            for child in children:  # each trial trained its own study's dataset, and only that one
+                assert {k.split("/")[1] for k in child.data.metrics if k.count("/") == 2} == {dataset}
+        assert cli.main(["tune", "run", str(path)]) == 0  # complete: adds nothing
+        assert all(len(s.trials) == 2 for s in studies().values())
+        before = datetime.datetime.now()
+        assert cli.main(["tune", "run", str(path), "--fresh"]) == 0
+        again = studies()
+        for name, study in again.items():
+            assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+            assert all(t.datetime_start > before for t in study.trials), name  # run anew, not kept
+            assert study.user_attrs[ATTR_SWEEP] != first[name]
+    finally:
+        ray.shutdown()
+    capsys.readouterr()
+    assert cli.main(["tune", "export", "td-synthetic-gmm", "--spec", str(path)]) == 0
+    preset = tmp_path / "presets" / "sgd@synthetic-gmm.json"
+    assert capsys.readouterr().out.strip() == f"preset: {preset}"
+    data = json.loads(preset.read_text())
+    assert data["hyperparameters"]["lr"] == pytest.approx(again["td-synthetic-gmm"].best_params["lr"])
+    assert data["source"]["study"] == "td-synthetic-gmm" and data["source"]["trials"] == 2
