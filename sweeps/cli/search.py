@@ -98,7 +98,8 @@ def run(spec: SearchSpec, path: Path | None, *, address: str | None = None, fres
     out = run_search(spec, path, address=address, fresh=fresh, out_dir=Path(out_dir) if out_dir else None)
     w = out.winner
     if w is None:
-        print(f"search {spec.name}: no configuration finished; report: {out.report}")
+        print(f"search {spec.name}: no configuration finished within the budget ({out.done} trials done); "
+              f"run the same command again to continue; report: {out.report}")
         return 1
     print(f"search {spec.name}: winner {w.strategy} {w.hp}: test {w.test_mean:.4f} ± {w.test_std:.4f} "
           f"(seeds {spec.tune.rerun_seeds}); {out.verdict}")
