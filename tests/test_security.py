@@ -209,6 +209,27 @@ def every_text(folder: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
+def refused_in_one_line(argv: list[str], cwd: Path, secret: str, *words: str) -> None:
+    """`dals ARGV` exits 2 with one error line holding `words`, and shows no `secret`."""
+    refused = subprocess.run([sys.executable, "-m", "sweeps.cli", *argv], cwd=cwd, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert all(w in refused.stderr for w in words), refused.stderr
+    assert secret not in refused.stdout + refused.stderr
+
+
+def run_keeping_ray_logs(argv: list[str], cwd: Path, env: dict[str, str],
+                         timeout: float) -> tuple[subprocess.CompletedProcess, str]:
+    """`dals ARGV` with Ray's session files in a folder of its own; (the run, their text)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="dals-sec-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        run = subprocess.run([sys.executable, "-m", "sweeps.cli", *argv], cwd=cwd,
+                             env={**env, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True, text=True, timeout=timeout)
+        return run, every_text(ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_password_in_the_tracking_uri_is_refused_and_the_environment_one_never_shown(server, tmp_path):
@@ -229,22 +250,12 @@ def test_password_in_the_tracking_uri_is_refused_and_the_environment_one_never_s
         storage: {tmp_path / 'runs'}
     """)
     spec.write_text(body.replace("TRACKING", uri))
-    refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "tracking.uri: the URI holds a password" in refused.stderr and "MLFLOW_TRACKING_PASSWORD" in refused.stderr
-    assert secret not in refused.stdout + refused.stderr
+    refused_in_one_line(["sweep", "run", str(spec)], tmp_path, secret, "tracking.uri: the URI holds a password",
+                        "MLFLOW_TRACKING_PASSWORD")
 
     spec.write_text(body.replace("TRACKING", server.url))
     env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "dals", "MLFLOW_TRACKING_PASSWORD": secret}
-    ray_tmp = Path(tempfile.mkdtemp(prefix="dals-sec-", dir="/tmp"))  # short: Ray's socket paths
-    try:
-        run = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)], cwd=tmp_path,
-                             env={**env, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True,
-                             text=True, timeout=300)
-        ray_logs = every_text(ray_tmp)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    run, ray_logs = run_keeping_ray_logs(["sweep", "run", str(spec)], tmp_path, env, 300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     printed = run.stdout + run.stderr
     assert secret not in printed
@@ -263,3 +274,62 @@ def test_password_in_the_tracking_uri_is_refused_and_the_environment_one_never_s
     assert "tracked at http://dals:***@" in logged_spec  # the spec artifact is there, masked
     assert secret not in every_text(tmp_path / "results") + every_text(tmp_path / "runs")
     assert (tmp_path / "results" / "secret" / "report.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_optuna_storage_password_is_refused_in_the_url_and_never_shown_from_the_environment(tmp_path):
+    """A password in `tune.storage` is refused in one line naming PGPASSWORD; given there, against a
+    PostgreSQL server that checks it, `dals tune run` stores its study there and no copy meant for
+    people (terminal, Ray's session logs, MLflow params/tags/artifacts, the run folders) holds it. A
+    password in a description is masked."""
+    import optuna
+
+    from pg_server import postgres_with_password
+    from sweeps.runner.studies import optuna_storage
+
+    secret = f"pw-{uuid.uuid4().hex}"
+    with postgres_with_password(secret, ("optuna",)) as base:
+        storage = f"{base}/optuna"
+        with_password = storage.replace("dals@", f"dals:{secret}@")
+        spec = tmp_path / "secret-tune.yaml"
+        body = textwrap.dedent(f"""
+            name: secret-tune
+            description: studies at {with_password}
+            metric: eval_accuracy
+            tune:
+              strategy: sgd
+              datasets: [synthetic]
+              space: {{lr: {{type: float, low: 0.01, high: 0.1, log: true}}}}
+              trials: 2
+              concurrency: 1
+              seeds: 1
+              storage: "STORAGE"
+            defaults: {{epochs: 1, max_train: 200, max_eval: 100}}
+            storage: {tmp_path / 'runs'}
+        """)
+        spec.write_text(body.replace("STORAGE", with_password))
+        refused_in_one_line(["tune", "run", str(spec)], tmp_path, secret, "tune.storage: the URI holds a password",
+                            "PGPASSWORD")
+
+        spec.write_text(body.replace("STORAGE", storage))
+        run, ray_logs = run_keeping_ray_logs(["tune", "run", str(spec)], tmp_path,
+                                             {**os.environ, "PGPASSWORD": secret}, 600)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert secret not in run.stdout + run.stderr and secret not in ray_logs
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PGPASSWORD", secret)
+            study = optuna.load_study(study_name="secret-tune-scratch", storage=optuna_storage(storage))
+            assert len(study.trials) == 2 and not [v for v in map(str, study.user_attrs.values()) if secret in v]
+
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}", "secret-tune")
+    client = store.client()
+    runs = client.search_runs([store.experiment_id(client)], max_results=100)
+    assert len(runs) == 3  # the study's parent run and its two trials
+    for r in runs:
+        values = [*r.data.params.values(), *r.data.tags.values(), *r.data.params, *r.data.tags]
+        assert not [v for v in values if secret in v], r.info.run_name
+        artifacts = Path(client.download_artifacts(r.info.run_id, "", str(tmp_path / "dl" / r.info.run_id)))
+        assert secret not in every_text(artifacts)
+    assert secret not in every_text(tmp_path / "runs") + every_text(tmp_path / "mlruns")
+    assert secret.encode() not in (tmp_path / "mlflow.db").read_bytes()

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,13 @@ class ConfigsFn:
 
     study: Study
     seeds: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        """Ray writes this object into every trial's params.json, params.pkl and result rows: keep the
+        spec's free text out (a description may quote a URL with its password); trials need none."""
+        if self.study.spec.description:
+            spec = self.study.spec.model_copy(update={"description": ""})
+            object.__setattr__(self, "study", replace(self.study, spec=spec))
 
     def __call__(self, hp: dict[str, Any]) -> list[TrialConfig]:
         return [c for s in self.seeds for c in self.study.configs(s, hp)]
