@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,6 +228,55 @@ def test_the_cluster_refuses_clients_without_its_token(cluster):
                              env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")},
                                   "RAY_AUTH_MODE": "token", **env})
         assert run.returncode != 0 and "AuthenticationError" in run.stderr, (env, run.stderr[-2000:])
+
+
+def test_jobs_status_logs_stop_and_a_resubmitted_sweep_resumes(cluster, tmp_path, capsys):
+    """`dals jobs status|logs|stop` on a running sweep job, stopped once a trial has finished; the
+    same `dals sweep submit` again is the next job (`-2`), which resumes: the finished trial is not
+    trained again, the other runs to its end."""
+    name, address = "cluster-resume", cluster["dashboard"]
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        name: {name}
+        grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0]}}
+        defaults: {{epochs: 12, max_train: 1000, max_eval: 500}}
+        resources: {{cpu: 1, max_concurrent: 1}}
+        tracking: {{uri: "{cluster['mlflow']}", experiment: {name}}}
+        storage: {tmp_path / 'runs'}
+    """))
+    folder = tmp_path / "runs" / name
+    assert dals("sweep", "submit", str(spec), "--address", address) == 0
+    job_id = capsys.readouterr().out.splitlines()[0]
+    assert dals("jobs", "status", job_id, "--address", address) == 0
+    assert re.fullmatch(rf"{re.escape(job_id)}: (PENDING|RUNNING).*", capsys.readouterr().out.strip())
+
+    client, deadline = jobs.client(address), time.monotonic() + JOB_TIMEOUT_S
+    while not (done := {k for k, rows in result_rows(folder).items() if rows[-1]["status"] == "finished"}):
+        assert not client.get_job_status(job_id).is_terminal(), client.get_job_logs(job_id)[-4000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(1)
+    assert dals("jobs", "stop", job_id, "--address", address) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: stop requested"
+    status, logs = finish(job_id, address)
+    assert status == "STOPPED"
+    assert dals("jobs", "status", job_id, "--address", address) == 0
+    assert capsys.readouterr().out.startswith(f"{job_id}: STOPPED")
+    assert dals("jobs", "logs", job_id, "--address", address) == 0
+    shown = capsys.readouterr().out
+    assert shown == client.get_job_logs(job_id) and name in shown
+    assert dals("jobs", "stop", job_id, "--address", address) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: not running"
+    before = {k: rows for k, rows in result_rows(folder).items() if k in done}
+
+    assert dals("sweep", "submit", str(spec), "--address", address) == 0
+    second = capsys.readouterr().out.splitlines()[0]
+    assert second == f"{job_id}-2"
+    status, logs = finish(second, address)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert f"resuming, {len(done)} finished before" in logs and "2/2 finished, 0 failed" in logs
+    after = result_rows(folder)
+    assert all(rows[-1]["status"] == "finished" and rows[-1]["epoch"] == 12 for rows in after.values())
+    assert all(after[k] == rows for k, rows in before.items())  # not trained again
 
 
 # ----------------------------------------------------------------------------- loopback and node loss
