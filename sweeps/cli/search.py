@@ -135,7 +135,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerun-seeds", type=_seeds, default=[100, 101, 102], help="fresh seeds (default 100,101,102)")
     p.add_argument("--top-k", type=int, default=3, help="configurations re-run on the fresh seeds (default 3)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
-    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--sampler-seed", type=int, default=0, help="TPE's seed (default 0)")
     p.add_argument("--no-defaults-first", action="store_true",
                    help="do not start with every strategy at its defaults (the grid's points)")
     for key in SETTINGS[:-1]:
