@@ -7,6 +7,7 @@ The cluster checks run against a real local Ray (this machine: CPUs, no GPU) and
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -161,6 +162,8 @@ def test_run_sweep_and_run_tune_record_nothing(local_ray, tmp_path, monkeypatch)
         pytest.skip("this machine has a GPU")
     from sweeps.runner.grid import run_sweep
     from sweeps.runner.optuna import run_tune
+    from sweeps.runner.rerun import run_search
+    from sweeps.spec.search import parse_search_spec
     from sweeps.spec.sweep import load_spec
     from sweeps.spec.tune import load_tune_spec
 
@@ -171,7 +174,12 @@ def test_run_sweep_and_run_tune_record_nothing(local_ray, tmp_path, monkeypatch)
     tune, tpath = load_tune_spec(write_spec(tmp_path, TUNE, "tune.yaml"))
     with pytest.raises(SpecError, match="resources.gpu"):
         run_tune(tune, tpath)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml", "tune.yaml"]  # no db, runs, journal
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text(json.dumps({"name": "s", "tune": {"strategies": ["sgd", "adam"], "datasets": ["synthetic"],
+                                                             "trials": 2, "top_k": 1}, "resources": {"cpu": 1, "gpu": 1}}))
+    with pytest.raises(SpecError, match=r"search\.yaml: resources\.gpu"):
+        run_search(parse_search_spec(json.loads(search_file.read_text()), str(search_file)), search_file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search.yaml", "spec.yaml", "tune.yaml"]  # no db, runs, journal
 
 
 @pytest.mark.timeout(300)

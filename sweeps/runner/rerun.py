@@ -180,7 +180,7 @@ def run_search(spec: SearchSpec, spec_file: Path, *, address: str | None = None,
                num_cpus: int | None = None, out_dir: Path | None = None, say=print) -> SearchOutcome:
     """The whole search: study, re-run of the top-k on fresh seeds, preset, report, MLflow."""
     start = time.monotonic()
-    init(address, num_cpus)
+    init(spec, spec_file, address, num_cpus)
     phase = run_search_phase(spec, spec_file, fresh=fresh, say=say)
     done = phase.done_before + phase.ran
     reruns = run_rerun(spec, phase, top_k(phase.ot, spec.tune.top_k, spec.mode))

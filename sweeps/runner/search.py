@@ -24,6 +24,7 @@ import dalsopt
 
 from sweeps.experiment.storage import delete_dir, filesystem, join
 from sweeps.redact import redact
+from sweeps.runner import resources
 from sweeps.runner.optuna import (
     ConfigsFn, DropEndedCheckpoints, NumberedOptunaSearch, TuneMlflowCallback, log_summary, reconcile_runs,
     trial_dirname, tune_trial,
@@ -224,6 +225,8 @@ def finish(phase: SearchPhase, report_dir: Path | None, complete: bool) -> None:
     outbox.close_parent(t.store, t.parent_id, "FINISHED" if complete else "KILLED")
 
 
-def init(address: str | None, num_cpus: int | None) -> None:
+def init(spec: SearchSpec, spec_file: Path, address: str | None, num_cpus: int | None) -> None:
+    """Ray up, and a one-line exit before anything is recorded when no node can ever hold a trial."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     init_ray(address, num_cpus)
+    resources.check(spec.resources.cpu, spec.resources.gpu, str(spec_file))
