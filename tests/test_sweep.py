@@ -171,7 +171,7 @@ def finished_keys(folder: str) -> set[str]:
 
 
 def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
-    epochs = 5
+    epochs = 30  # a trial lasts many polls (~10 s), so Ctrl+C lands while the others are pending
     path = write_spec(tmp_path, f"""
         name: resume
         grid: {{strategies: [sgd, cosine], datasets: [synthetic], seeds: [0, 1]}}
@@ -182,7 +182,7 @@ def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
     folder = str(tmp_path / "dals-runs" / "resume")
 
     first = start(path, tmp_path, tmp_path / "first.log")
-    # Ctrl+C once the first trial's last result row is on disk (one at a time, 5 epochs each: the
+    # Ctrl+C once the first trial's last result row is on disk (one at a time, 30 epochs each: the
     # others are far from done); the deadline is generous, reaching it is a failure, not a race lost
     deadline = time.monotonic() + 600
     while not finished_keys(folder):
