@@ -150,8 +150,9 @@ def render(stats: pd.DataFrame, to90: pd.DataFrame, win: pd.DataFrame, facts: di
             paper = PAPER_TABLE1.get(s)
             cells.append(f"{ours} \\| {paper[PAPER_DATASETS.index(d)]}" if paper and d in PAPER_DATASETS else ours)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "## Epochs to 60/70/80/90% on synthetic (mean over seeds; — : a seed never got there)", "",
-              "| strategy | ours | paper's Table 2 |", "|---|---|---|"]
+    if not to90.empty:
+        lines += ["", "## Epochs to 60/70/80/90% on synthetic (mean over seeds; — : a seed never got there)", "",
+                  "| strategy | ours | paper's Table 2 |", "|---|---|---|"]
     for r in to90.itertuples(index=False):
         ours = "/".join("—" if pd.isna(v) else f"{v:.3g}" for v in r[1:])
         paper = "/".join(map(str, PAPER_TABLE2[r[0]])) if r[0] in PAPER_TABLE2 else ""
