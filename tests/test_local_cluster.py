@@ -327,6 +327,7 @@ def test_lost_worker_node_moves_its_trial_to_the_head(cluster, tmp_path):
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
         defaults: {{epochs: {epochs}, max_train: 2000, max_eval: 300, model: "mlp:1024,1024,1024"}}
         resources: {{cpu: 1}}
+        checkpoint: {{every_epochs: 1}}  # the trial moves from its last epoch's checkpoint
         tracking: {{uri: "{cluster['mlflow']}", experiment: node-loss}}
         storage: {tmp_path / 'runs'}
     """))
