@@ -242,7 +242,7 @@ def test_a_sweep_on_a_bucket_killed_twice_finishes_each_trial_once(s3, tmp_path)
     finish; the same command again trains each epoch once and logs each once."""
     bucket = s3.bucket()
     spec_file = sweep_spec(tmp_path, "killed", f"s3://{bucket}/runs", SWEEP_EPOCHS,
-                           defaults="max_train: 3000, max_eval: 300")
+                           defaults='max_train: 3000, max_eval: 300, model: "mlp:1024,1024,1024"')
     spec, _ = load_spec(spec_file)
     keys = sorted(t.key for t in spec.trials())
     folder = Bucket(s3, bucket, "runs/killed")

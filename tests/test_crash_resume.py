@@ -57,7 +57,10 @@ class Driver:
     def __init__(self, cwd: Path, args: list[str], log: Path, env: dict[str, str] | None = None):
         self.ray_tmp = tempfile.mkdtemp(prefix="dk", dir="/tmp")  # short: Ray's socket paths
         self.log = log
-        environ = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": self.ray_tmp, **(env or {})}
+        # Tune snapshots its state every second (not "auto", ~10 s): the kill points read the sweep's
+        # storage, which a snapshot updates, and whole sweeps here last seconds.
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": self.ray_tmp,
+                   "TUNE_GLOBAL_CHECKPOINT_S": "1", **(env or {})}
         environ.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, env=environ,
                                      stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -226,7 +229,7 @@ def test_sweep_killed_three_times_finishes_each_trial_once(tmp_path):
     spec_file = write_spec(tmp_path, f"""
         name: killed
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0, 1]}}
-        defaults: {{epochs: {SWEEP_EPOCHS}, max_train: 3000, max_eval: 300}}
+        defaults: {{epochs: {SWEEP_EPOCHS}, max_train: 3000, max_eval: 300, model: "mlp:1024,1024,1024"}}
         resources: {{cpu: 1, max_concurrent: 2}}
         checkpoint: {{every_epochs: 1}}  # the kill points wait for checkpoints
     """)
