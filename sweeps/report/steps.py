@@ -3,6 +3,8 @@ datasets differ in size and batch, and an epoch of RTE is not an epoch of IMDb. 
 trials reported `steps` get it from their config (the rows and batch their trial trained on)."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from sweeps.spec.sweep import Spec
@@ -18,12 +20,12 @@ def with_steps(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     missing = out["steps"].isna()
     if missing.any():
         wanted = set(out.loc[missing, "key"])
-        per_epoch: dict[tuple, int] = {}  # trials that differ only in seed draw the same number of rows
+        per_epoch: dict[str, int] = {}  # trials that differ only in strategy or seed draw as many rows
         spe = {}
         for t in spec.trials():
             if t.key in wanted:
                 cfg = t.config()
-                sig = (cfg.dataset, cfg.max_train, cfg.validation, cfg.batch_size, cfg.data_dir)
+                sig = json.dumps({**cfg.to_dict(), "strategy": None, "seed": None, "hp": None}, sort_keys=True)
                 if sig not in per_epoch:
                     per_epoch[sig] = steps_per_epoch(cfg)
                 spe[t.key] = per_epoch[sig]

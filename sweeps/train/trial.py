@@ -60,7 +60,7 @@ class Trial:
         self.model = models.build(cfg.model, kind=self.kind, regime=cfg.regime,
                                   num_classes=train.num_classes, **extra).to(self.device)
         self.forward = devices.compiled(self.model, cfg.compile)
-        self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
+        self.steps_per_epoch = epoch_steps(len(self.train_y), cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.strategy = dalsopt.make(cfg.strategy, self.model, total_steps=self.total_steps,
                                      steps_per_epoch=self.steps_per_epoch, regime=cfg.regime, **cfg.hp)
@@ -242,9 +242,14 @@ def training_split(cfg: TrialConfig) -> tuple[Split, Split | None]:
     return train_and_validation(full, cfg.validation, cfg.max_train, cfg.seed)
 
 
+def epoch_steps(rows: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over `rows` (the last batch may be short)."""
+    return math.ceil(rows / batch_size)
+
+
 def steps_per_epoch(cfg: TrialConfig) -> int:
-    """Optimizer steps in one epoch of the trial (the last batch may be short)."""
-    return math.ceil(len(training_split(cfg)[0]) / cfg.batch_size)
+    """Optimizer steps in one epoch of the trial, from its config alone (loads the rows, trains nothing)."""
+    return epoch_steps(len(training_split(cfg)[0]), cfg.batch_size)
 
 
 def train_and_validation(full: Split, validation: float | None, max_train: int | None,
