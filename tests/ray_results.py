@@ -2,7 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+
+def polled_sweep_env(**extra: str) -> dict[str, str]:
+    """The environment of a `dals` subprocess whose storage a test polls: Tune snapshots its state
+    every second (not "auto", ~10 s), since trial rows reach the storage with a snapshot and whole
+    sweeps here last seconds; unbuffered output for the test's log."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1", **extra}
 
 
 def rows(result: Path) -> list[dict]:

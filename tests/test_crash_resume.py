@@ -26,7 +26,7 @@ from sweeps.experiment.storage import AtomicLocalFiles, storage_filesystem
 from sweeps.experiment.folder import read_meta
 from sweeps.runner.grid import trial_entry
 from sweeps.spec.sweep import load_spec
-from ray_results import rows as result_rows
+from ray_results import polled_sweep_env, rows as result_rows
 from spec_files import write_spec
 
 OWN_METRICS = ("train_loss", "eval_accuracy", "eval_loss", "seconds", "examples_per_second")
@@ -57,10 +57,7 @@ class Driver:
     def __init__(self, cwd: Path, args: list[str], log: Path, env: dict[str, str] | None = None):
         self.ray_tmp = tempfile.mkdtemp(prefix="dk", dir="/tmp")  # short: Ray's socket paths
         self.log = log
-        # Tune snapshots its state every second (not "auto", ~10 s): the kill points read the sweep's
-        # storage, which a snapshot updates, and whole sweeps here last seconds.
-        environ = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": self.ray_tmp,
-                   "TUNE_GLOBAL_CHECKPOINT_S": "1", **(env or {})}
+        environ = polled_sweep_env(RAY_TMPDIR=self.ray_tmp, **(env or {}))  # kill points poll storage
         environ.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, env=environ,
                                      stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from sweeps.tracking import store as tracking
 from sweeps.experiment.folder import experiment_dir, read_meta
 from sweeps.runner.grid import run_sweep
 from sweeps.spec.sweep import load_spec
-from ray_results import trial_rows
+from ray_results import polled_sweep_env, trial_rows
 from spec_files import write_spec
 from tracked_runs import git_checkout
 
@@ -151,9 +150,8 @@ def test_finetuning_runs_record_the_hyperparameters_their_trials_trained_with(in
 
 
 def start(spec: Path, cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)],
-                            cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            cwd=cwd, env=polled_sweep_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def wait_or_kill(proc: subprocess.Popen, timeout: float) -> int | None:

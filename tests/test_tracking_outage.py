@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import Server
-from ray_results import trial_rows
+from ray_results import polled_sweep_env, trial_rows
 from sweeps.cli import main as cli
 from sweeps.tracking import store as tracking
 
@@ -47,9 +47,8 @@ def write_spec(folder: Path, name: str, url: str, epochs: int, max_train: int, m
 
 
 def start_sweep(spec: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", "run", str(spec)],
-                            cwd=spec.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            cwd=spec.parent, env=polled_sweep_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def ray_epochs(folder: Path) -> dict[str, dict[int, dict]]:
