@@ -7,11 +7,14 @@ export`` writes them; ``dalsopt.make("dals@finetune", ...)`` reads them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 __all__ = ["DIRECTORY", "names", "load", "path"]
 
-DIRECTORY = Path(__file__).with_name("presets")
+# DALSOPT_PRESETS=DIR: presets are read from and written to DIR instead of the package's folder (an
+# installed package may not be writable; a test's `dals search` subprocess exports into its own folder)
+DIRECTORY = Path(os.environ.get("DALSOPT_PRESETS") or Path(__file__).with_name("presets"))
 
 
 def names() -> list[str]:

@@ -300,3 +300,117 @@ def test_tune_run_and_search_take_a_search_spec(tmp_path, monkeypatch, capsys):
         assert "st: search 3 strategies on synthetic (regime scratch); 6 trials" in out
         assert "    adam: lr float [3e-05, 0.003] log" in out and "top 2 on fresh seeds [100, 101]" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_the_shipped_search_spec_loads_and_dry_runs(tmp_path, monkeypatch, capsys):
+    """sweeps/specs/search-trec6.yaml, the spec users copy: every strategy on trec6-scratch, fresh
+    re-run seeds; `dals search search-trec6` and `dals tune run search-trec6` take its bare name and
+    a dry run creates nothing."""
+    from sweeps.cli.main import main
+    from sweeps.spec.loader import SPECS_DIR
+    from sweeps.spec.search import load_search_spec
+
+    spec, path = load_search_spec("search-trec6")
+    assert path == SPECS_DIR / "search-trec6.yaml"
+    assert spec.tune.strategies == dalsopt.names() and spec.dataset == "trec6-scratch"
+    assert spec.search_regime == "scratch" and spec.metric == "val_accuracy"
+    monkeypatch.chdir(tmp_path)
+    for argv in (["search", "search-trec6", "--dry-run"], ["tune", "run", "search-trec6", "--dry-run"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "search-trec6: search 18 strategies on trec6-scratch (regime scratch); 22 trials" in out
+        assert "each trial: epochs 6, max_train 2000" in out and "winner preset <strategy>@trec6-scratch" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the driver killed
+
+
+KILLED_SPEC = """\
+name: sk
+metric: val_accuracy
+tune:
+  strategies: [sgd, adam, dals]
+  datasets: [synthetic]
+  trials: 5
+  seeds: 1
+  top_k: 2
+  rerun_seeds: [100, 101]
+  concurrency: 2
+  sampler: {type: random, seed: 3}
+  pruning: {type: asha, grace_period: 1, reduction_factor: 3}
+defaults: {epochs: 3, max_train: 3000, max_eval: 300, model: "mlp:1024,1024,1024"}
+resources: {cpu: 1}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_search_killed_mid_study_continues_it_and_reruns_once(tmp_path):
+    """SIGKILL of the `dals search` driver's process group with a trial finished and another
+    running; the same command again continues the same study to its budget, then re-runs the
+    top-k on the fresh seeds once and exports the winner (wide MLPs: trials last seconds)."""
+    import optuna
+    import yaml
+    from optuna.trial import TrialState
+
+    from sweeps.runner.studies import ATTR_SWEEP, optuna_storage
+    from sweeps.tracking import store as tracking
+    from test_crash_resume import Driver
+
+    spec_file = tmp_path / "search.yaml"
+    spec_file.write_text(KILLED_SPEC)
+    spec = parse_search_spec(yaml.safe_load(KILLED_SPEC))
+    storage = optuna_storage(str(tmp_path / "optuna-journal.log"))
+    env = {"DALSOPT_PRESETS": str(tmp_path / "presets")}  # the export stays out of the package
+
+    def trials() -> list:
+        try:
+            return optuna.load_study(study_name="sk-synthetic", storage=storage).get_trials(deepcopy=False)
+        except (KeyError, OSError, ValueError):  # not created yet
+            return []
+
+    def mid_study() -> bool:
+        states = [t.state for t in trials()]
+        return bool({TrialState.COMPLETE, TrialState.PRUNED} & set(states)) and TrialState.RUNNING in states
+
+    Driver(tmp_path, ["search", str(spec_file)], tmp_path / "killed.log", env=env).kill_when(mid_study)
+    killed = trials()
+    stale = [t.number for t in killed if t.state == TrialState.RUNNING]
+    before = [t.number for t in killed if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert stale and 1 <= len(before) < spec.tune.trials
+    assert not (tmp_path / "dals-runs" / "sk-synthetic-rerun").exists()  # killed before the re-run
+
+    again = Driver(tmp_path, ["search", str(spec_file)], tmp_path / "again.log", env=env)
+    assert again.wait(timeout=600) == 0, again.output()[-3000:]
+    out = again.output()
+    assert f"{len(before)}/5 trials done, running {5 - len(before)}" in out
+    [line] = [ln for ln in out.splitlines() if "left running by a run that did not end: marked failed" in ln]
+    assert f" {', '.join(map(str, stale))} w" in line  # `trial 1 was` / `trials 1, 2 were`
+    study = optuna.load_study(study_name="sk-synthetic", storage=storage)
+    every = study.get_trials(deepcopy=False)
+    done = [t for t in every if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == spec.tune.trials and set(before) <= {t.number for t in done}
+    assert {t.number for t in every if t.state == TrialState.FAIL} == set(stale)
+    assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert {split_params(t.params)[0] for t in every if t.number < 3} == {"sgd", "adam", "dals"}  # defaults first
+    # the re-run, once: the top-k complete trials, each a finished MLflow child on the fresh seeds
+    complete = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    top = {t.number for t in complete[:spec.tune.top_k]}
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}", "sk")
+    parent, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
+    assert parent.info.status == "FINISHED"
+    reruns = [c for c in children if c.data.params.get("phase") == "rerun"]
+    assert sorted(int(c.data.params["rerun_of"]) for c in reruns) == sorted(top)
+    assert all(c.info.status == "FINISHED" for c in reruns)
+    for c in reruns:
+        assert {k.rsplit("seed", 1)[1] for k in c.data.metrics if "/seed" in k} == {"100", "101"}
+    search_runs = [c for c in children if c not in reruns]
+    assert len([c for c in search_runs if c.info.status == "FINISHED"]) == spec.tune.trials
+    assert all(c.data.tags[tracking.TAG_STATUS] == "interrupted" for c in search_runs if c.info.status != "FINISHED")
+    assert len(list((tmp_path / "dals-runs" / "sk-synthetic-rerun").glob("rerun-*/result.json"))) == len(top)
+    # the winner: a preset in DALSOPT_PRESETS, from one of the re-run trials
+    [preset] = (tmp_path / "presets").glob("*@synthetic.json")
+    data = json.loads(preset.read_text())
+    assert data["source"]["search_trial"] in top and data["source"]["rerun_seeds"] == [100, 101]
+    assert f"preset: {preset}" in out

@@ -10,7 +10,7 @@ from typing import Any
 from sweeps.cluster.address import check_address
 from sweeps.redact import redact
 from sweeps.spec.common import SpecError
-from sweeps.spec.loader import read_yaml, resolve_path
+from sweeps.spec.loader import SPECS_DIR, read_yaml, resolve_path
 from sweeps.spec.search import SearchSpec, load_search_spec, parse_search_spec
 
 SOURCE = "dals search"
@@ -22,7 +22,8 @@ SETTINGS = ("epochs", "max_train", "max_eval", "max_length", "validation", "batc
 
 
 def _is_spec_file(ref: str) -> bool:
-    return ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
+    """A spec file, or the bare name of a shipped one (`search-trec6`); else a dataset id."""
+    return ref.endswith((".yaml", ".yml")) or Path(ref).is_file() or (SPECS_DIR / f"{ref}.yaml").is_file()
 
 
 def spec_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,6 +63,8 @@ def dry_run(spec: SearchSpec, say=print) -> None:
         f"ASHA over epochs (grace {t.pruning.grace_period}, reduction {t.pruning.reduction_factor:g})"
     first = "every strategy at its defaults first, then TPE" if t.defaults_first else f"{t.sampler.type} from the start"
     say(f"  {first}; pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds} (test accuracy mean ± std)")
+    settings = {k: v for k, v in spec.settings(spec.dataset).model_dump(exclude_none=True).items() if v != {}}
+    say(f"  each trial: {', '.join(f'{k} {v}' for k, v in settings.items())}")
     for s in t.strategies:
         dims = ", ".join(f"{k.split('.', 1)[1]} {d.type}" + (f" [{d.low:g}, {d.high:g}]" if d.type != "categorical"
                                                              else f" {list(d.choices)}") + (" log" if d.log else "")

@@ -189,8 +189,9 @@ def run_search_phase(spec: SearchSpec, spec_file: Path, *, fresh: bool = False, 
         enqueue_defaults(spec, ot)
     stale, again = recover_study(ot, remaining, space.drawn)
     if stale:
-        say(f"search {study.name}: trials {', '.join(map(str, stale))} were left running by a run that did not "
-            f"end: marked failed; params of {len(again)} queued again")
+        which = f"trial {stale[0]} was" if len(stale) == 1 else f"trials {', '.join(map(str, stale))} were"
+        say(f"search {study.name}: {which} left running by a run that did not end: marked failed; "
+            f"params of {len(again)} queued again")
     say(f"search {study.name}: {len(spec.tune.strategies)} strategies on {spec.dataset} ({spec.search_regime}); "
         f"{before}/{spec.tune.trials} trials done, running {remaining} (storage {redact(spec.optuna_storage_url())})")
     tracking = open_tracking(spec, spec_file, study, ot)
