@@ -142,6 +142,7 @@ def test_finetuning_runs_record_the_hyperparameters_their_trials_trained_with(in
         trained = Trial(config).strategy.meta["hyperparameters"]  # what the trial's strategy used
         logged = {k[3:]: v for k, v in child.data.params.items() if k.startswith("hp.")}
         assert logged == {k: str(v) for k, v in trained.items()}, key
+        assert child.data.params["precision"] == "fp32", key  # unset: what the CPU trial resolved
     by_strategy = {c.data.params["strategy"]: c.data.params for c in children}
     # the fine-tuning column (STRATEGIES.md), TREC-6's 0.6 x rate: not the scratch wd 5e-4 / 1e-4
     assert float(by_strategy["sgd"]["hp.weight_decay"]) == 0.01

@@ -21,7 +21,7 @@ from mlflow.entities import RunTag
 from sweeps.tracking.store import (
     NOTES, RETRY_EVERY_S, TAG_KEY, TAG_RAY_ID, TAG_ROLE, TAG_STATUS, TAG_SWEEP, Store, Writes,
     child_tags, create_child, end_run, epoch_batch, find_parent, logged_epoch, reason, result_step,
-    result_values, run_params, search_runs, transient,
+    result_values, run_facts, run_params, search_runs, transient,
 )
 
 
@@ -60,6 +60,7 @@ class Outbox:
         self._runs: dict[str, str] = {}  # Ray trial id -> child run id
         self._last_step: dict[str, int] = {}  # child run id -> last epoch logged
         self._reopened: dict[str, Any] = {}  # child run id -> its run, until its first result checks it
+        self._held: dict[str, set[str]] = {}  # child run id -> its params, until a result adds run facts
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         self._backlog: deque[_Job] = deque()  # logging thread only; the oldest first
         self._lost = Writes()  # refused for good (not retried): counted, never silently dropped
@@ -148,16 +149,20 @@ class Outbox:
         out = Writes()
         known = set(self._runs)
         last = {t: self._last_step.get(r, 0) for t, r in self._runs.items()}
+        held = {t: self._held[r] for t, r in self._runs.items() if r in self._held}  # facts not yet logged
         for job in jobs:
             if job.trial_id not in known:  # the run would be created (or reopened)
                 known.add(job.trial_id)
                 last.setdefault(job.trial_id, 0)
-                out.params += len(run_params(job.spec))
+                held[job.trial_id] = {p.key for p in run_params(job.spec)}
+                out.params += len(held[job.trial_id])
                 out.tags += len(child_tags("", "", job.spec)) + 2  # + Ray id, status
             if job.kind == "_log":
                 step = result_step(job.arg)
                 if step > last[job.trial_id]:
                     out.metrics += len(result_values(job.arg, step))
+                    if job.trial_id in held:
+                        out.params += len(run_facts(job.arg, held.pop(job.trial_id)))
                     out.tags += 1  # the run's last epoch
                     last[job.trial_id] = step
             elif job.kind == "_end":
@@ -182,6 +187,7 @@ class Outbox:
                 client.log_batch(run_id, params=run_params(spec))
             self._last_step[run_id] = logged_epoch(client, found[0])
             self._reopened[run_id] = found[0]
+            self._held[run_id] = set(found[0].data.params) or {p.key for p in run_params(spec)}
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=[RunTag(TAG_RAY_ID, trial_id), RunTag(TAG_STATUS, "running")])
         else:  # created with its Ray id and status: one write fewer per trial
@@ -189,6 +195,7 @@ class Outbox:
             run_id = create_child(client, self._exp_id, self._parent_id, self.sweep_id, spec,
                                   **{TAG_RAY_ID: trial_id, TAG_STATUS: "running"})
             self._last_step[run_id] = 0
+            self._held[run_id] = {p.key for p in run_params(spec)}
         self._runs[trial_id] = run_id
         return run_id
 
@@ -204,7 +211,9 @@ class Outbox:
         if step <= self._last_step.get(run_id, 0):
             return  # an epoch re-run after a restore: its first report is already logged
         metrics, tags = epoch_batch(result, step, at_ms or int(time.time() * 1000))
-        self._client.log_batch(run_id, metrics=metrics, tags=tags)
+        facts = run_facts(result, self._held[run_id]) if run_id in self._held else []
+        self._client.log_batch(run_id, metrics=metrics, params=facts, tags=tags)
+        self._held.pop(run_id, None)
         self._last_step[run_id] = step
 
     def _end(self, trial_id: str, spec: dict[str, Any], status: str, at_ms: int = 0) -> None:

@@ -314,6 +314,16 @@ def run_params(trial: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:6000]) for k, v in flat.items() if v is not None]
 
 
+RUN_FACTS = ("precision",)  # decided on the trial's device (bf16 or fp32 when unset), reported per epoch
+
+
+def run_facts(result: dict[str, Any], run_params: dict[str, str]) -> list[Param]:
+    """Params a trial learns only when it runs (the precision its device resolved), from one of its
+    results, less those the run already holds: a spec that left `precision` unset still shows which
+    one ran."""
+    return [Param(k, str(result[k])) for k in RUN_FACTS if k in result and k not in run_params]
+
+
 def result_step(result: dict[str, Any]) -> int:
     return int(result.get("epoch", result.get("training_iteration", 0)))
 

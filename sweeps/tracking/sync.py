@@ -22,7 +22,7 @@ from sweeps.tracking.outbox import attempt
 from sweeps.tracking.store import (
     RUN_STATUS, TAG_EPOCH, TAG_KEY, TAG_RAY_ID, TAG_ROLE, TAG_STATUS, TAG_SWEEP, Store,
     TrackingUnavailable, Writes, child_tags, create_child, end_run, find_parent, log_folder,
-    logged_epoch, open_parent, reason, result_step, result_values, run_params, search_runs,
+    logged_epoch, open_parent, reason, result_step, result_values, run_facts, run_params, search_runs,
     sweep_runs, transient,
 )
 from sweeps.train.status import saved_status
@@ -114,11 +114,13 @@ def sync_trial(client: MlflowClient, exp_id: str, parent_id: str, sweep_id: str,
         done.tags += len(child_tags(parent_id, sweep_id, spec)) + 1
         done.params += len(run_params(spec))
     run_id = run.info.run_id
+    epochs = _first_per_epoch(trial_rows(trial))
     params = [p for p in run_params(spec) if p.key not in run.data.params]
+    if epochs:
+        params += run_facts(epochs[min(epochs)], {*run.data.params, *(p.key for p in params)})
     if params:
         client.log_batch(run_id, params=params)
         done.params += len(params)
-    epochs = _first_per_epoch(trial_rows(trial))
     have: dict[str, set[int]] = {}
     missing: list[Metric] = []
     for step, row in sorted(epochs.items()):
