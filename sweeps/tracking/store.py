@@ -11,7 +11,7 @@ import re
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -317,11 +317,11 @@ def run_params(trial: dict[str, Any]) -> list[Param]:
 RUN_FACTS = ("precision",)  # decided on the trial's device (bf16 or fp32 when unset), reported per epoch
 
 
-def run_facts(result: dict[str, Any], run_params: dict[str, str]) -> list[Param]:
+def run_facts(result: dict[str, Any], held: Collection[str]) -> list[Param]:
     """Params a trial learns only when it runs (the precision its device resolved), from one of its
     results, less those the run already holds: a spec that left `precision` unset still shows which
     one ran."""
-    return [Param(k, str(result[k])) for k in RUN_FACTS if k in result and k not in run_params]
+    return [Param(k, str(result[k])) for k in RUN_FACTS if k in result and k not in held]
 
 
 def result_step(result: dict[str, Any]) -> int:
