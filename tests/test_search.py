@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -115,6 +116,21 @@ def test_verdict_in_closed_form():
     assert verdict([w, close]).startswith("not separated")
 
 
+def test_rerun_band_in_closed_form():
+    """A runner-up is re-run when its search value is within 2 standard errors of the best's, the
+    standard error from the best's validation spread on the fresh seeds over sqrt(search seeds)."""
+    from sweeps.runner.rerun import SKIPPED, Rerun, overlapping, search_band, verdict
+
+    best = Rerun(0, "sgd", {}, 0.90, {}, val=[0.88, 0.90, 0.92], test=[0.9, 0.9, 0.9])  # std 0.02
+    assert search_band(best, 1) == pytest.approx(0.02) and search_band(best, 4) == pytest.approx(0.01)
+    near, edge, far = (Rerun(n, "adam", {}, v, {}) for n, v in ((1, 0.87), (2, 0.865), (3, 0.855)))
+    assert overlapping(best, [near, edge, far], 0.02) == ([near, edge], [far])  # 2 x 0.02 = 0.04 apart at most
+    assert overlapping(best, [near, far], 0.01) == ([], [near, far])
+    assert search_band(Rerun(0, "sgd", {}, 0.9, {}, val=[0.9]), 1) == math.inf  # one seed: re-run them all
+    far.status = SKIPPED
+    assert verdict([best, far]).startswith("the search already sets the winner apart: the runners-up (adam)")
+
+
 def test_report_regime_and_leaderboard(tmp_path):
     """The paper's own synthetic column, given as the search's values, is the synthetic regime
     (Spearman 1); the leaderboard sums the budget per strategy."""
@@ -130,11 +146,16 @@ def test_report_regime_and_leaderboard(tmp_path):
     sgd = board.set_index("strategy").loc["sgd"]
     assert (sgd.trials, sgd.complete, sgd.pruned, sgd.trial_epochs) == (2, 1, 1, 6)
     assert board.iloc[0].strategy == "dals"  # 98.0, the column's best
-    md = write_search_report(tmp_path, title="t", trials=trials, reruns=[], verdict="-", preset=None,
+    ran = {"number": 0, "strategy": "sgd", "hp": {"lr": 0.01}, "objective": 0.9, "val_mean": 0.91, "test": [0.9, 0.92],
+           "test_mean": 0.91, "test_std": 0.014, "status": "finished"}
+    skipped = {**ran, "number": 1, "val_mean": math.nan, "test": [], "test_mean": math.nan, "status": "skipped"}
+    md = write_search_report(tmp_path, title="t", trials=trials, reruns=[ran, skipped], verdict="-", preset="sgd@x",
                              trial_epochs={"search": 74, "rerun": 0},
                              budget={"trials": 19, "minutes": None, "seeds": 2, "rerun_seeds": [100, 101], "wall_s": 1})
     text = md.read_text()
     assert "behaves like **scratch**" in text and "## By family" in text and "## By generation" in text
+    assert "| 1 | sgd | 0 | 0.9000 | 0.9100 | 0.9100 ± 0.0140 |" in text and "**Winner: `sgd`**" in text
+    assert "| 2 | sgd | 1 | 0.9000 | not re-run | not re-run (search value > 2 standard errors below" in text
     assert (tmp_path / "winner.png").is_file() and (tmp_path / "leaderboard.csv").is_file()
     assert regime_line(("finetune", "rte", 0.1, 18)).startswith("Regime: no clear match")
     assert regime_line(None).startswith("Regime: too few strategies")
@@ -236,14 +257,19 @@ def _check(spec, out, tmp_path) -> None:
     complete = sorted((tr for tr in study.trials if tr.state == TrialState.COMPLETE), key=lambda tr: -tr.value)
     assert {r.number for r in out.reruns} == {tr.number for tr in complete[:t.top_k]}
     assert not set(t.rerun_seeds) & set(range(t.seeds))
-    assert all(len(r.test) == len(t.rerun_seeds) and r.status == "finished" for r in out.reruns)
-    assert out.trial_epochs["rerun"] == len(out.reruns) * len(t.rerun_seeds) * epochs
+    ran = [r for r in out.reruns if r.status != "skipped"]  # the best, and runners-up within its bands
+    assert complete[0].number in {r.number for r in ran}
+    assert all(len(r.test) == len(r.val) == len(t.rerun_seeds) and r.status == "finished" for r in ran)
+    best = next(r for r in ran if r.number == complete[0].number)
+    band = statistics.stdev(best.val) / math.sqrt(t.seeds)
+    assert {r.number for r in ran} == {tr.number for tr in complete[:t.top_k] if best.objective - tr.value <= 2 * band}
+    assert out.trial_epochs["rerun"] == len(ran) * len(t.rerun_seeds) * epochs
     # MLflow: one parent, a child per search trial and per re-run trial; seeds per phase
     store = tracking.Store(spec.tracking_uri(), spec.experiment())
     parent, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
-    assert parent.info.status == "FINISHED" and len(children) == t.trials + len(out.reruns)
+    assert parent.info.status == "FINISHED" and len(children) == t.trials + len(ran)
     reruns = [c for c in children if c.data.params.get("phase") == "rerun"]
-    assert len(reruns) == len(out.reruns)
+    assert sorted(int(c.data.params["rerun_of"]) for c in reruns) == sorted(r.number for r in ran)
     for c in children:
         seeds = {k.rsplit("seed", 1)[1] for k in c.data.metrics if "/seed" in k}
         want = t.rerun_seeds if c in reruns else range(t.seeds)
@@ -396,21 +422,22 @@ def test_search_killed_mid_study_continues_it_and_reruns_once(tmp_path):
     assert {split_params(t.params)[0] for t in every if t.number < 3} == {"sgd", "adam", "dals"}  # defaults first
     # the re-run, once: the top-k complete trials, each a finished MLflow child on the fresh seeds
     complete = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
-    top = {t.number for t in complete[:spec.tune.top_k]}
+    top = {t.number for t in complete[:spec.tune.top_k]}  # the best re-run, the runner-up if within its bands
     store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}", "sk")
     parent, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])
     assert parent.info.status == "FINISHED"
     reruns = [c for c in children if c.data.params.get("phase") == "rerun"]
-    assert sorted(int(c.data.params["rerun_of"]) for c in reruns) == sorted(top)
+    ran = sorted(int(c.data.params["rerun_of"]) for c in reruns)
+    assert complete[0].number in ran and set(ran) <= top and len(set(ran)) == len(ran)
     assert all(c.info.status == "FINISHED" for c in reruns)
     for c in reruns:
         assert {k.rsplit("seed", 1)[1] for k in c.data.metrics if "/seed" in k} == {"100", "101"}
     search_runs = [c for c in children if c not in reruns]
     assert len([c for c in search_runs if c.info.status == "FINISHED"]) == spec.tune.trials
     assert all(c.data.tags[tracking.TAG_STATUS] == "interrupted" for c in search_runs if c.info.status != "FINISHED")
-    assert len(list((tmp_path / "dals-runs" / "sk-synthetic-rerun").glob("rerun-*/result.json"))) == len(top)
+    assert len(list((tmp_path / "dals-runs").glob("sk-synthetic-rerun*/rerun-*/result.json"))) == len(ran)
     # the winner: a preset in DALSOPT_PRESETS, from one of the re-run trials
     [preset] = (tmp_path / "presets").glob("*@synthetic.json")
     data = json.loads(preset.read_text())
-    assert data["source"]["search_trial"] in top and data["source"]["rerun_seeds"] == [100, 101]
+    assert data["source"]["search_trial"] in ran and data["source"]["rerun_seeds"] == [100, 101]
     assert f"preset: {preset}" in out

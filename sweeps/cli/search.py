@@ -33,6 +33,8 @@ def spec_data(args: argparse.Namespace) -> dict[str, Any]:
                             "rerun_seeds": args.rerun_seeds, "sampler": {"type": "tpe", "seed": args.sampler_seed}}
     if args.no_defaults_first:
         tune["defaults_first"] = False
+    if args.rerun_all:
+        tune["rerun_overlap"] = False
     if args.budget_minutes is not None:
         tune["minutes"] = args.budget_minutes
     if args.storage:
@@ -62,7 +64,9 @@ def dry_run(spec: SearchSpec, say=print) -> None:
     pruning = "off" if t.pruning.type == "none" else \
         f"ASHA over epochs (grace {t.pruning.grace_period}, reduction {t.pruning.reduction_factor:g})"
     first = "every strategy at its defaults first, then TPE" if t.defaults_first else f"{t.sampler.type} from the start"
-    say(f"  {first}; pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds} (test accuracy mean ± std)")
+    rerun = " (the best first, the others only within 2 standard errors of its search value)" if t.rerun_overlap else ""
+    say(f"  {first}; pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds}{rerun} "
+        "(test accuracy mean ± std)")
     settings = {k: v for k, v in spec.settings(spec.dataset).model_dump(exclude_none=True).items() if v != {}}
     say(f"  each trial: {', '.join(f'{k} {v}' for k, v in settings.items())}")
     for s in t.strategies:
@@ -137,6 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds per search trial (0..N-1; default 2)")
     p.add_argument("--rerun-seeds", type=_seeds, default=[100, 101, 102], help="fresh seeds (default 100,101,102)")
     p.add_argument("--top-k", type=int, default=3, help="configurations re-run on the fresh seeds (default 3)")
+    p.add_argument("--rerun-all", action="store_true", help="re-run all the top-k, also runners-up more than "
+                   "2 standard errors below the best's search value (default: those are skipped)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
     p.add_argument("--sampler-seed", type=int, default=0, help="TPE's seed (default 0)")
     p.add_argument("--no-defaults-first", action="store_true",

@@ -148,6 +148,13 @@ def plot_winner(trials: list[dict[str, Any]], winner_trial: int | None, out: Pat
     return out
 
 
+def _rerun_cells(r: dict[str, Any]) -> list[str]:
+    """A top-k row's re-run val and test cells; a runner-up the search already set apart says so."""
+    if r.get("status") == "skipped":
+        return ["not re-run", "not re-run (search value > 2 standard errors below the best's)"]
+    return [_num(r["val_mean"]), f"{_num(r['test_mean'])} ± {_num(r['test_std'])}"]
+
+
 def write_search_report(out_dir: Path, *, title: str, trials: list[dict[str, Any]], reruns: list[dict[str, Any]],
                         verdict: str, preset: str | None, trial_epochs: dict[str, int],
                         budget: dict[str, Any]) -> Path:
@@ -169,8 +176,8 @@ def write_search_report(out_dir: Path, *, title: str, trials: list[dict[str, Any
     lines += ["## Top-k on fresh seeds", "",
               "Ranked by mean validation accuracy on the fresh seeds; test accuracy is reported, never chosen on.", ""]
     lines += _table(["rank", "strategy", "search trial", "search val", "re-run val", "test (mean ± std)", "hp"],
-                    [[i + 1, r["strategy"], r["number"], _num(r["objective"]), _num(r["val_mean"]),
-                      f"{_num(r['test_mean'])} ± {_num(r['test_std'])}", _hp(r["hp"])] for i, r in enumerate(reruns)])
+                    [[i + 1, r["strategy"], r["number"], _num(r["objective"]), *_rerun_cells(r), _hp(r["hp"])]
+                     for i, r in enumerate(reruns)])
     lines += ["", "## Leaderboard (search, best complete trial per strategy)", ""]
     lines += _table(["strategy", "family", "gen", "trials", "complete", "pruned", "trial-epochs", "furthest epoch",
                      "best val (complete)", "hp"],

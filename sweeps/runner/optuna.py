@@ -92,7 +92,7 @@ def epoch_report(study: dict[str, Any], trials: list[Trial], epoch: int,
             continue
         values = [float(m[key]) for m in last]
         report[key] = seed_mean(values)
-        if key == metric:
+        if key in study.get("per_seed", (metric,)):  # the objective's, or those the entry names
             for t, v in zip(trials, values):
                 report[f"{key}/{t.config.dataset}/seed{t.seed}"] = v
     if not math.isfinite(report[metric]):  # a diverged seed: the worst value, not NaN

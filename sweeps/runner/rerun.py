@@ -5,6 +5,11 @@ The re-run ranks the top-k by mean validation accuracy on seeds the search never
 test split still chooses nothing) and reports test accuracy mean +- std for each. The verdict says
 whether the winner's test lead over the runner-up clears both spreads (lead > std_winner +
 std_runner_up, the +-1 std bands apart); if not, these seeds do not separate the two.
+
+With `tune.rerun_overlap` (the default) the search's best is re-run first, and a runner-up only if
+its search value is within its ±1 standard error bands of the best's (the standard error of a
+search value from the best's seed spread on the fresh seeds' validation split): a runner-up the
+search already tells apart costs nothing more.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sweeps.spec.search import SearchSpec, split_params
 from sweeps.train.config import strategy_hp
 
 TEST = "eval_accuracy"  # the test split's accuracy (`eval` in a trial's metrics)
+SKIPPED = "skipped"  # a runner-up the search's values already set apart from the best: not re-run
 
 
 @dataclass
@@ -46,8 +52,9 @@ class Rerun:
     objective: float  # its value in the search (mean val accuracy over the search's seeds)
     params: dict[str, Any]  # as the study holds them (`strategy`, `<strategy>.<hp>`)
     val_mean: float = math.nan
+    val: list[float] = field(default_factory=list)  # per fresh seed: the search's metric
     test: list[float] = field(default_factory=list)  # per fresh seed
-    status: str = "failed"
+    status: str = "failed"  # the re-run trial's, or SKIPPED
 
     @property
     def test_mean(self) -> float:
@@ -82,14 +89,15 @@ def rerun_dirname(trial: Any) -> str:
     return f"rerun-{trial.config[RERUN]}"
 
 
-def run_rerun(spec: SearchSpec, phase: SearchPhase, candidates: list[Rerun]) -> list[Rerun]:
-    """Train each candidate on `rerun_seeds`; ranked by mean val accuracy there (mode)."""
+def train_again(spec: SearchSpec, phase: SearchPhase, candidates: list[Rerun], name: str) -> None:
+    """One Ray Tune run (`<storage>/<name>`, from scratch) training `candidates` on `rerun_seeds`;
+    fills in each one's status and per-seed validation and test accuracy."""
     if not candidates:
-        return []
-    name = f"{phase.study.name}-rerun"
+        return
     delete_dir(join(spec.storage_path(), name))  # a re-run is short: always from scratch
     points = {c.number: c.params for c in candidates}
-    entry = {**study_config(spec, phase.study, tuple(spec.tune.rerun_seeds), TEST, name), "points": points}
+    entry = {**study_config(spec, phase.study, tuple(spec.tune.rerun_seeds), TEST, name), "points": points,
+             "per_seed": (TEST, spec.metric)}
     grid = fit(search_trial, spec, name, {"study": entry, RERUN: tune.grid_search(list(points))},
                tune.TuneConfig(metric=spec.metric, mode=spec.mode, max_concurrent_trials=spec.tune.concurrency),
                [ProgressCallback(name, len(points), spec.metric, spec.mode, epochs=max_epochs(spec)),
@@ -99,16 +107,57 @@ def run_rerun(spec: SearchSpec, phase: SearchPhase, candidates: list[Rerun]) -> 
         if result.config is None or result.metrics is None:
             continue
         c, m = by_number[result.config[RERUN]], result.metrics
+
+        def per_seed(key: str) -> list[float]:
+            return [float(m[f"{key}/{spec.dataset}/seed{s}"]) for s in spec.tune.rerun_seeds
+                    if f"{key}/{spec.dataset}/seed{s}" in m]
+
         c.status = str(m.get("status", "failed"))
-        c.val_mean = float(m.get("val_accuracy", math.nan))
-        c.test = [float(m[f"{TEST}/{spec.dataset}/seed{s}"]) for s in spec.tune.rerun_seeds
-                  if f"{TEST}/{spec.dataset}/seed{s}" in m]
-    sign = -1 if spec.mode == "max" else 1  # a failed re-run (no value) last
-    return sorted(candidates, key=lambda c: (math.isnan(c.val_mean), 0 if math.isnan(c.val_mean) else sign * c.val_mean))
+        c.val_mean = float(m.get(spec.metric, math.nan))
+        c.val, c.test = per_seed(spec.metric), per_seed(TEST)
+
+
+def search_band(best: Rerun, search_seeds: int) -> float:
+    """The standard error of a search value (a mean over `search_seeds` seeds), from the seed
+    spread `best` shows on the fresh seeds' validation split (never the test split); inf when it
+    has fewer than two seeds there."""
+    return statistics.stdev(best.val) / math.sqrt(search_seeds) if len(best.val) > 1 else math.inf
+
+
+def overlapping(best: Rerun, rest: list[Rerun], band: float) -> tuple[list[Rerun], list[Rerun]]:
+    """(re-run, skipped): a runner-up is re-run when its search value's ±band overlaps the best's
+    (at most 2 bands from it), so only a configuration the search cannot tell from the best costs
+    another training."""
+    close = [c for c in rest if abs(best.objective - c.objective) <= 2 * band]
+    return close, [c for c in rest if c not in close]
+
+
+def run_rerun(spec: SearchSpec, phase: SearchPhase, candidates: list[Rerun]) -> list[Rerun]:
+    """Train the candidates (best search value first) on `rerun_seeds`: all at once, or with
+    `rerun_overlap` the best first, then only the runners-up within its bands; ranked by mean
+    validation there (mode), failed ones, then skipped ones, last."""
+    if not candidates:
+        return []
+    name = f"{phase.study.name}-rerun"
+    if not spec.tune.rerun_overlap:
+        train_again(spec, phase, candidates, name)
+    else:
+        train_again(spec, phase, candidates[:1], name)
+        close, skipped = overlapping(candidates[0], candidates[1:], search_band(candidates[0], spec.tune.seeds))
+        train_again(spec, phase, close, f"{name}-more")
+        for c in skipped:
+            c.status = SKIPPED
+    sign = -1 if spec.mode == "max" else 1
+    return sorted(candidates, key=lambda c: (c.status == SKIPPED, math.isnan(c.val_mean),
+                                             0 if math.isnan(c.val_mean) else sign * c.val_mean))
 
 
 def verdict(ranked: list[Rerun]) -> str:
     """Whether the winner's test lead over the runner-up clears both spreads."""
+    skipped = [r for r in ranked if r.status == SKIPPED]
+    if skipped and ranked[0].test and len(ranked) - len(skipped) == 1:
+        return (f"the search already sets the winner apart: the runners-up ({', '.join(r.strategy for r in skipped)}) "
+                f"were more than 2 standard errors below its search value and were not re-run")
     if len(ranked) < 2 or not ranked[1].test:
         return "one configuration re-run: no runner-up to compare with"
     w, r = ranked[0], ranked[1]

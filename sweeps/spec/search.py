@@ -61,6 +61,8 @@ class Search(Strict):
     defaults_first: bool = Field(True, description="the first trials are the strategies at their regime "
                                  "defaults (the grid's points), so ASHA's first look covers every strategy")
     top_k: Int = Field(3, ge=1, description="configurations trained again on the fresh seeds")
+    rerun_overlap: bool = Field(True, description="re-run the best first, then only the runners-up whose "
+                                "search value is within 2 standard errors of it (false: all top_k)")
     rerun_seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=lambda: [100, 101, 102], min_length=2, max_length=MAX_SEEDS_PER_TRIAL)
     storage: Annotated[str | None, AfterValidator(no_credentials)] = Field(
