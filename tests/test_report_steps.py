@@ -53,8 +53,15 @@ def test_head_to_head_takes_the_best_reference_and_tests_both_stds():
         ("trec6", "stlr-discriminative@authors", 43.6, 1.0), ("trec6", "radam", 96.8, 0.5),
         ("trec6", "adamw", 97.0, 0.2), ("trec6", "dals", 95.0, 1.0), ("rte", "dals", 60.0, 3.0),
         ("rte", "adamw", 58.0, 1.0), ("rte", "radam", 57.0, 0.5), ("imdb", "sgd", 80.0, 1.0),
+        ("trec6", "sgd", 44.0, 2.0),
     ], columns=["dataset", "strategy", "mean", "std"])
-    rows = gaps.head_to_head(stats).set_index(["dataset", "strategy"])
+    found = gaps.head_to_head(stats)
+    control = found[found["reference"] == "sgd"].set_index(["dataset", "strategy"])
+    # the same-rate SGD control: 43.6 +- 1 against 44 +- 2 is no gap at all
+    assert list(control.index) == [("trec6", "stlr-discriminative@authors")]
+    assert math.isclose(control.loc[("trec6", "stlr-discriminative@authors"), "gap"], -0.4)
+    assert not control.loc[("trec6", "stlr-discriminative@authors"), "clears"]
+    rows = found[found["reference"] != "sgd"].set_index(["dataset", "strategy"])
     assert rows.loc[("trec6", "stlr-discriminative@authors"), "reference"] == "radam"
     assert math.isclose(rows.loc[("trec6", "stlr-discriminative@authors"), "gap"], -53.2)
     assert rows.loc[("trec6", "stlr-discriminative@authors"), "clears"]

@@ -11,6 +11,9 @@ import pandas as pd
 CLAIMS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("STLR+discriminative collapses (TREC-6: 43.6 vs RAdam 96.8)",
      ("stlr-discriminative", "stlr-discriminative@double-decay", "stlr-discriminative@authors"), ("radam",)),
+    # the control: where plain SGD at the same rate also fails, a collapse is not STLR's or the layers' doing
+    ("STLR+discriminative against plain SGD at the same rate",
+     ("stlr-discriminative", "stlr-discriminative@double-decay", "stlr-discriminative@authors"), ("sgd",)),
     ("DALS stays competitive when fine-tuning",
      ("dals", "dals-fast", "dals-acc", "dals@finetune", "dals@finetune-decoupled"), ("adamw", "radam")),
 )
