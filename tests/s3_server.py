@@ -38,15 +38,17 @@ class S3Server:
                 "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = 180) -> None:  # generous: a loaded machine starts it slowly
         log = (self.root / "moto.log").open("ab")
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
                                       "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while not self.up():
-            assert self.proc.poll() is None and time.monotonic() < deadline, \
-                (self.root / "moto.log").read_text()[-2000:]
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # not left running behind a failed test
+                raise AssertionError(f"moto_server on port {self.port} not up after {timeout_s} s: "
+                                     + (self.root / "moto.log").read_text()[-2000:])
             time.sleep(0.2)
         assert loopback_only(self.port)
 
