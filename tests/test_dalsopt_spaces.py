@@ -73,7 +73,7 @@ def test_the_spaces_follow_the_regime_and_hold_the_tuned_presets():
     assert {"t0", "t_mult"} <= set(dalsopt.search_space("sgdr"))
     assert "trust_coef" in dalsopt.search_space("lars") and "trust_coef" in dalsopt.search_space("dals")
     for name, regime in (("dals@scratch", "scratch"), ("dals@finetune", "finetune"),
-                         ("dals@finetune-decoupled", "finetune")):
+                         ("dals@finetune-decoupled", "finetune"), ("dals@finetune-long", "finetune")):
         shipped = dalsopt.resolve(name, regime)
         for k, d in dalsopt.search_space(name, regime).items():
             assert shipped[k] in d.choices if d.type == "categorical" else d.low <= shipped[k] <= d.high, (name, k)

@@ -251,6 +251,10 @@ PRESETS = {
     "dals@finetune": ("finetune", {**DALS_TUNED, "decoupled_decay": True, "lr": 0.01807809088169267,
                                    "weight_decay": 0.01, "trust_coef": 0.0379138525309667,
                                    "alpha0": 0.6726902539330807, "warmup_frac": 0.05569745652959506}),
+    # dals@finetune at a 6x lower rate, chosen on validation at 308 steps
+    "dals@finetune-long": ("finetune", {**DALS_TUNED, "decoupled_decay": True, "lr": 0.003,
+                                        "weight_decay": 0.01, "trust_coef": 0.0379138525309667,
+                                        "alpha0": 0.6726902539330807, "warmup_frac": 0.05569745652959506}),
     # not tuned: DALS's fine-tuning defaults, the decay out of the trust ratio, DALS's scratch rate
     "dals@finetune-decoupled": ("finetune", {**DALS_TUNED, "decoupled_decay": True, "lr": 0.03, "weight_decay": 0.01,
                                              "trust_coef": 0.02, "alpha0": 0.6, "warmup_frac": 0.1}),
@@ -278,4 +282,6 @@ def test_shipped_presets_carry_their_hyperparameters_and_train(name):
     s = dalsopt.make(name, model, total_steps=150, regime=regime, steps_per_epoch=15)
     assert s.meta["hyperparameters"] == want and s.meta["preset"] == name
     losses = train(s, model, 150)
-    assert losses[-1] < 0.7 * losses[0]
+    # dals@finetune-long's rate is a sixth of dals@finetune's (for hundreds of fine-tuning steps): 150 toy steps
+    # move it less, but still well past the loss's noise
+    assert losses[-1] < (0.95 if name == "dals@finetune-long" else 0.7) * losses[0]

@@ -137,9 +137,19 @@ def _tuner(spec: Spec, entries: list[dict[str, Any]], callbacks: list):
 
 
 def saved_counts(folder: str) -> tuple[int, int]:
-    """(finished, failed) trials as Tune saved them."""
-    statuses = [t.status for t in saved_trials(folder)]
-    return statuses.count("TERMINATED"), statuses.count("ERROR")
+    """(finished, failed) trials as a resume finds them: finished as Tune saved them, or ended with
+    a final record Tune's last snapshot missed (a driver killed between a trial's end and the next
+    snapshot, e.g. by `dals jobs stop`'s SIGKILL after its grace period); the resumed trainable
+    reports those from the record without training, so they count as finished before."""
+    trials = saved_trials(folder)
+    failed = sum(t.status == "ERROR" for t in trials)
+    finished = sum(t.status == "TERMINATED" or (t.status != "ERROR" and _has_final_record(t)) for t in trials)
+    return finished, failed
+
+
+def _has_final_record(trial: Any) -> bool:
+    folder = resume.TrialFolder.of(trial)
+    return folder is not None and folder.final_record() is not None
 
 
 class KeepCheckpoints(Callback):
