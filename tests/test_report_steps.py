@@ -5,6 +5,7 @@ import math
 import textwrap
 
 import pandas as pd
+import pytest
 
 from sweeps.report import gaps, paper
 from sweeps.report.steps import with_steps
@@ -79,3 +80,31 @@ def test_paper_report_writes_steps_plots_and_the_head_to_head(tmp_path, monkeypa
     text = paper.write(folder, out).read_text()
     assert (out / "steps-synthetic.png").stat().st_size > 1000
     assert (out / "head-to-head.csv").exists() and "## Best eval accuracy" in text
+
+
+def test_paper_report_over_sweeps_run_apart_is_the_report_of_the_whole(tmp_path, monkeypatch, capsys):
+    """A budget run as two sweeps (each trial in one) reports as the sweep holding both; a trial in two
+    sweeps is refused in one line, before anything is written."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    whole = handmade_sweep(tmp_path)
+    halves = [tmp_path / "seed0" / "handmade", tmp_path / "seed1" / "handmade"]
+    for seed, half in enumerate(halves):
+        shutil.copytree(whole, half)
+        for trial in half.iterdir():  # each half keeps its seed's trials
+            if trial.is_dir() and not trial.name.endswith(f"-s{seed}"):
+                shutil.rmtree(trial)
+    assert {len(list(h.glob("*/result.json"))) for h in halves} == {3}
+    paper.write(whole, tmp_path / "whole")
+    paper.write([str(h) for h in halves], tmp_path / "apart")
+    for name in ("best-accuracy.csv", "head-to-head.csv", "claims.json"):
+        assert (tmp_path / "apart" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    assert (tmp_path / "apart" / "steps-synthetic.png").stat().st_size > 1000
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        paper.main([whole, str(halves[0]), "--out", str(tmp_path / "twice")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and "is also in" in err and f"{halves[0]}: trial " in err
+    assert not (tmp_path / "twice").exists()

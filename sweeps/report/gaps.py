@@ -15,7 +15,8 @@ CLAIMS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("STLR+discriminative against plain SGD at the same rate",
      ("stlr-discriminative", "stlr-discriminative@double-decay", "stlr-discriminative@authors"), ("sgd",)),
     ("DALS stays competitive when fine-tuning",
-     ("dals", "dals-fast", "dals-acc", "dals@finetune", "dals@finetune-decoupled"), ("adamw", "radam")),
+     ("dals", "dals-fast", "dals-acc", "dals@finetune", "dals@finetune-decoupled", "dals@finetune-long"),
+     ("adamw", "radam")),
 )
 
 

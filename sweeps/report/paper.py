@@ -2,7 +2,8 @@
 
     python -m sweeps.report.paper paper-cpu --out docs/results/paper-cpu
 
-reads a finished sweep (its experiment folder, as `dals report` does) and writes `paper-comparison.md`,
+reads a finished sweep (its experiment folder, as `dals report` does), or several that share one budget
+and were run apart (`... paper-finetune-cpu-2 paper-finetune-cpu-long --out ...`: each trial once), and writes `paper-comparison.md`,
 `claims.json`, `head-to-head.csv` and a plot per dataset of eval accuracy against optimizer steps
 (`steps-<dataset>.png`) there. The paper's numbers are quoted from arXiv 2604.27295 (Table 1: best test
 accuracy in %, Table 2: epochs to 60/70/80/90% on the synthetic task); ours are computed here, the same
@@ -170,9 +171,24 @@ def render(stats: pd.DataFrame, to90: pd.DataFrame, win: pd.DataFrame, facts: di
     return "\n".join(lines) + "\n"
 
 
-def write(ref: str, out: Path) -> Path:
-    folder = sweep_folder(ref)
-    df = report.load_epochs(folder)
+def load(refs: list[str]) -> pd.DataFrame:
+    """One row per (trial, epoch) of one or more sweeps, each row with its optimizer `steps`. A trial
+    key in two of them is refused: it would count twice in every mean."""
+    frames, seen = [], {}
+    for ref in refs:
+        folder = sweep_folder(ref)
+        df = with_steps(report.load_epochs(folder), spec_copy(folder))
+        for key in sorted(set(df["key"])):
+            if key in seen:
+                raise ValueError(f"{folder}: trial {key} is also in {seen[key]}; a report takes each trial once")
+            seen[key] = folder
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write(refs: str | list[str], out: Path) -> Path:
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    df = load(refs)
     metric = "eval_accuracy"
     per_trial = best_per_trial(df, metric)
     stats = summary(per_trial)
@@ -183,20 +199,24 @@ def write(ref: str, out: Path) -> Path:
     stats.to_csv(out / "best-accuracy.csv", index=False)
     pairs.to_csv(out / "head-to-head.csv", index=False)
     (out / "claims.json").write_text(json.dumps(facts, indent=2) + "\n")
-    plot_curves(with_steps(df, spec_copy(folder)), metric, out, x="steps", prefix="steps")
+    plot_curves(df, metric, out, x="steps", prefix="steps")
     path = out / "paper-comparison.md"
-    path.write_text(render(stats, to90, winners(stats), facts, f"python -m sweeps.report.paper {ref} --out {out}",
-                           pairs))
+    path.write_text(render(stats, to90, winners(stats), facts,
+                           f"python -m sweeps.report.paper {' '.join(refs)} --out {out}", pairs))
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="our sweep next to the paper's tables")
-    ap.add_argument("sweep", help="a spec (file or shipped name) or a sweep's experiment folder")
-    ap.add_argument("--out", type=Path, default=None, help="default: results/<sweep name>")
+    ap.add_argument("sweeps", nargs="+", metavar="SWEEP",
+                    help="a spec (file or shipped name) or a sweep's experiment folder; several: one report")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/<first sweep's name>")
     args = ap.parse_args(argv)
-    out = args.out or Path(report.RESULTS_DIR) / Path(args.sweep).stem
-    print(f"wrote {write(args.sweep, out)}")
+    out = args.out or Path(report.RESULTS_DIR) / Path(args.sweeps[0]).stem
+    try:
+        print(f"wrote {write(args.sweeps, out)}")
+    except ValueError as e:  # a bad spec or folder, or a trial in two sweeps: one line, exit 2
+        ap.error(str(e))
 
 
 if __name__ == "__main__":
