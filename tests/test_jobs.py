@@ -70,7 +70,9 @@ def test_runtime_env_uploads_the_checkout_without_environments_or_run_state():
     env = jobs.runtime_env({"A": "1"})
     assert env["working_dir"] == str(jobs.repo_root())
     assert {".venv", ".git", "/mlruns", "/dals-runs", "/results"} <= set(env["excludes"])
-    assert env["env_vars"] == {"A": "1"}  # the spec no longer travels in the job's environment
+    # the spec no longer travels in the job's environment; a stop is Ctrl+C, with time to save
+    assert env["env_vars"] == {"A": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "120"}
+    assert jobs.runtime_env({"RAY_JOB_STOP_WAIT_TIME_S": "600"})["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "600"
 
 
 @pytest.mark.parametrize("name, value, words", [

@@ -233,13 +233,14 @@ def test_the_cluster_refuses_clients_without_its_token(cluster):
 def test_jobs_status_logs_stop_and_a_resubmitted_sweep_resumes(cluster, tmp_path, capsys):
     """`dals jobs status|logs|stop` on a running sweep job, stopped once a trial has finished; the
     same `dals sweep submit` again is the next job (`-2`), which resumes: the finished trial is not
-    trained again, the other runs to its end."""
+    trained again, the other runs to its end. The trials train a wide MLP so that each lasts many
+    seconds: with small ones the whole sweep ended before the stop arrived, on a quiet machine."""
     name, address = "cluster-resume", cluster["dashboard"]
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(textwrap.dedent(f"""
         name: {name}
         grid: {{strategies: [sgd, adam], datasets: [synthetic], seeds: [0]}}
-        defaults: {{epochs: 12, max_train: 1000, max_eval: 500}}
+        defaults: {{epochs: 12, max_train: 3000, max_eval: 300, model: "mlp:1024,1024,1024"}}
         resources: {{cpu: 1, max_concurrent: 1}}
         tracking: {{uri: "{cluster['mlflow']}", experiment: {name}}}
         storage: {tmp_path / 'runs'}
@@ -259,6 +260,8 @@ def test_jobs_status_logs_stop_and_a_resubmitted_sweep_resumes(cluster, tmp_path
     assert capsys.readouterr().out.strip() == f"{job_id}: stop requested"
     status, logs = finish(job_id, address)
     assert status == "STOPPED"
+    # stopped like Ctrl+C (Ray's SIGTERM + SIGKILL 3 s later was a crash): the driver said so itself
+    assert f"sweep {name} interrupted: " in logs, logs[-4000:]
     assert dals("jobs", "status", job_id, "--address", address) == 0
     assert capsys.readouterr().out.startswith(f"{job_id}: STOPPED")
     assert dals("jobs", "logs", job_id, "--address", address) == 0

@@ -89,13 +89,21 @@ def base_id(kind: str, spec: Spec) -> str:
     return f"dals-{kind}-{spec.name}-{spec.digest[:8]}"
 
 
+# How `dals jobs stop` (Ray's job stop) ends a job: Ray sends SIGTERM and SIGKILLs 3 s later, so a
+# sweep driver died like a crash (Tune's state as of its last snapshot; a trial finished since then
+# counted as unfinished). Ray's job supervisor reads these from the job's env: a stop is Ctrl+C
+# (Tune saves its state, the MLflow parent is marked KILLED, "run the same command again to resume"),
+# given 2 minutes before the SIGKILL. An `--env` of the same name wins.
+STOP_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "120"}
+
+
 def runtime_env(env: dict[str, str]) -> dict[str, Any]:
-    """The job's runtime env: this checkout (the carried spec in it) and the `--env` variables,
-    none of which may be a credential (the Jobs API lists a job's environment)."""
+    """The job's runtime env: this checkout (the carried spec in it), the stop settings and the
+    `--env` variables, none of which may be a credential (the Jobs API lists a job's environment)."""
     for name, value in env.items():
         refuse_secret_env(name, "--env")
         refuse_credentials(value, f"--env {name}")
-    return {"working_dir": str(repo_root()), "excludes": EXCLUDES, "env_vars": dict(env)}
+    return {"working_dir": str(repo_root()), "excludes": EXCLUDES, "env_vars": {**STOP_ENV, **env}}
 
 
 @contextlib.contextmanager
