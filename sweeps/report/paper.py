@@ -5,9 +5,10 @@
 reads a finished sweep (its experiment folder, as `dals report` does), or several that share one
 budget and were run apart (`... paper-finetune-cpu-2 paper-finetune-cpu-long --out ...`: each trial
 once), and writes `paper-comparison.md`, `claims.json`, `head-to-head.csv` and a plot per dataset of
-eval accuracy against optimizer steps (`steps-<dataset>.png`) there. The paper's numbers are quoted from arXiv 2604.27295 (Table 1: best test
-accuracy in %, Table 2: epochs to 60/70/80/90% on the synthetic task); ours are computed here, the same
-way: the best eval accuracy over a trial's epochs, mean +- std over seeds.
+eval accuracy against optimizer steps (`steps-<dataset>.png`) there. The paper's numbers are quoted
+from arXiv 2604.27295 (Table 1: best test accuracy in %, Table 2: epochs to 60/70/80/90% on the
+synthetic task); ours are computed here, the same way: the best eval accuracy over a trial's epochs,
+mean +- std over seeds.
 """
 from __future__ import annotations
 
