@@ -83,8 +83,10 @@ def test_paper_report_writes_steps_plots_and_the_head_to_head(tmp_path, monkeypa
 
 
 def test_paper_report_over_sweeps_run_apart_is_the_report_of_the_whole(tmp_path, monkeypatch, capsys):
-    """A budget run as two sweeps (each trial in one) reports as the sweep holding both; a trial in two
-    sweeps is refused in one line, before anything is written."""
+    """A budget run as two sweeps (each trial in one) reports as the sweep holding both; a trial also
+    left unfinished in an interrupted sweep is taken from the one where it ended; a trial that ended in
+    two sweeps is refused in one line, before anything is written."""
+    import json
     import shutil
 
     monkeypatch.chdir(tmp_path)
@@ -102,9 +104,23 @@ def test_paper_report_over_sweeps_run_apart_is_the_report_of_the_whole(tmp_path,
         assert (tmp_path / "apart" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
     assert (tmp_path / "apart" / "steps-synthetic.png").stat().st_size > 1000
 
+    # seed 1's sgd trial also in an interrupted copy of the seed-0 half: one epoch, still running
+    interrupted = tmp_path / "interrupted" / "handmade"
+    shutil.copytree(halves[0], interrupted)
+    sgd = next(halves[1].glob("sgd-*"))
+    shutil.copytree(sgd, interrupted / sgd.name)
+    first = json.loads((sgd / "result.json").read_text().splitlines()[0])
+    assert first["status"] == "running"
+    (interrupted / sgd.name / "result.json").write_text(json.dumps(first) + "\n")
+    text = paper.write([str(interrupted), str(halves[1])], tmp_path / "superseded").read_text()
+    for name in ("best-accuracy.csv", "head-to-head.csv", "claims.json"):
+        assert (tmp_path / "superseded" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    key = json.loads((sgd / "params.json").read_text())["trial"]["key"]
+    assert f"- {key}: from {halves[1]}, where it ended" in text
+
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         paper.main([whole, str(halves[0]), "--out", str(tmp_path / "twice")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert stop.value.code == 2 and "is also in" in err and f"{halves[0]}: trial " in err
+    assert stop.value.code == 2 and f"is in {whole}, {halves[0]} and ended in 2 of them" in err
     assert not (tmp_path / "twice").exists()

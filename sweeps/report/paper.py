@@ -25,6 +25,7 @@ from sweeps.report import tables as report
 from sweeps.report.curves import plot_curves
 from sweeps.report.steps import with_steps
 from sweeps.spec.common import strategy_generations
+from sweeps.train.status import ENDED_BY_TRIAL
 
 # Table 1 of the paper, best test accuracy (%): strategy -> synthetic, CIFAR-10, RTE, TREC-6, IMDb.
 PAPER_DATASETS = ("synthetic", "cifar10", "rte", "trec6", "imdb")
@@ -172,24 +173,36 @@ def render(stats: pd.DataFrame, to90: pd.DataFrame, win: pd.DataFrame, facts: di
     return "\n".join(lines) + "\n"
 
 
-def load(refs: list[str]) -> pd.DataFrame:
-    """One row per (trial, epoch) of one or more sweeps, each row with its optimizer `steps`. A trial
-    key in two of them is refused: it would count twice in every mean."""
-    frames, seen = [], {}
-    for ref in refs:
-        folder = sweep_folder(ref)
-        df = with_steps(report.load_epochs(folder), spec_copy(folder))
-        for key in sorted(set(df["key"])):
-            if key in seen:
-                raise ValueError(f"{folder}: trial {key} is also in {seen[key]}; a report takes each trial once")
-            seen[key] = folder
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+def load(refs: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (trial, epoch) of one or more sweeps, each row with its optimizer `steps`, and a
+    line per trial taken from one sweep over another. A trial key in two sweeps is taken from the one
+    where it ended (finished or diverged): an interrupted sweep's unfinished copy is superseded by the
+    run that finished it. Ended in both, or in neither, is refused: it would count twice or not at all."""
+    frames = [with_steps(report.load_epochs(f), spec_copy(f)) for f in map(sweep_folder, refs)]
+    where: dict[str, list[int]] = {}
+    for i, df in enumerate(frames):
+        for key in dict.fromkeys(df["key"]):
+            where.setdefault(key, []).append(i)
+    drop: dict[int, set[str]] = {}
+    taken = []
+    for key, found in where.items():
+        if len(found) == 1:
+            continue
+        ended = [i for i in found if set(frames[i].loc[frames[i]["key"] == key, "status"]) <= set(ENDED_BY_TRIAL)]
+        if len(ended) != 1:
+            raise ValueError(f"trial {key} is in {', '.join(refs[i] for i in found)} and ended in "
+                             f"{len(ended)} of them; a report takes each trial once")
+        for i in found:
+            if i != ended[0]:
+                drop.setdefault(i, set()).add(key)
+        taken.append(f"{key}: from {refs[ended[0]]}, where it ended")
+    kept = [df[~df["key"].isin(drop.get(i, set()))] for i, df in enumerate(frames)]
+    return pd.concat(kept, ignore_index=True), taken
 
 
 def write(refs: str | list[str], out: Path) -> Path:
     refs = [refs] if isinstance(refs, str) else list(refs)
-    df = load(refs)
+    df, taken = load(refs)
     metric = "eval_accuracy"
     per_trial = best_per_trial(df, metric)
     stats = summary(per_trial)
@@ -202,8 +215,11 @@ def write(refs: str | list[str], out: Path) -> Path:
     (out / "claims.json").write_text(json.dumps(facts, indent=2) + "\n")
     plot_curves(df, metric, out, x="steps", prefix="steps")
     path = out / "paper-comparison.md"
-    path.write_text(render(stats, to90, winners(stats), facts,
-                           f"python -m sweeps.report.paper {' '.join(refs)} --out {out}", pairs))
+    text = render(stats, to90, winners(stats), facts, f"python -m sweeps.report.paper {' '.join(refs)} --out {out}",
+                  pairs)
+    if taken:  # say which copy of a trial run twice the numbers come from
+        text += "\n## Trials in more than one sweep\n\n" + "".join(f"- {t}\n" for t in taken)
+    path.write_text(text)
     return path
 
 
