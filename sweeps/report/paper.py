@@ -177,7 +177,8 @@ def load(refs: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """One row per (trial, epoch) of one or more sweeps, each row with its optimizer `steps`, and a
     line per trial taken from one sweep over another. A trial key in two sweeps is taken from the one
     where it ended (finished or diverged): an interrupted sweep's unfinished copy is superseded by the
-    run that finished it. Ended in both, or in neither, is refused: it would count twice or not at all."""
+    run that finished it. Ended in both, or in neither, is refused: it would count twice or not at
+    all."""
     frames = [with_steps(report.load_epochs(f), spec_copy(f)) for f in map(sweep_folder, refs)]
     where: dict[str, list[int]] = {}
     for i, df in enumerate(frames):
@@ -188,7 +189,8 @@ def load(refs: list[str]) -> tuple[pd.DataFrame, list[str]]:
     for key, found in where.items():
         if len(found) == 1:
             continue
-        ended = [i for i in found if set(frames[i].loc[frames[i]["key"] == key, "status"]) <= set(ENDED_BY_TRIAL)]
+        statuses = {i: set(frames[i].loc[frames[i]["key"] == key, "status"]) for i in found}
+        ended = [i for i in found if statuses[i] <= set(ENDED_BY_TRIAL)]
         if len(ended) != 1:
             raise ValueError(f"trial {key} is in {', '.join(refs[i] for i in found)} and ended in "
                              f"{len(ended)} of them; a report takes each trial once")
