@@ -21,6 +21,18 @@ from sweeps.spec.sweep import parse_spec
 from sweeps.train.trial import Trial
 
 CONFIG = dict(dataset="synthetic", strategy="dals", epochs=5, max_train=256, max_eval=128, seed=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train as a sweep trial does: `cpu: 1`, so Ray gives the worker OMP_NUM_THREADS=1. At this
+    process's default of 2 intra-op threads the weights after a resume differed from the whole run's
+    in the last bits on an AMD EPYC machine (the reported curves were equal; at a68489b too, so not a
+    recent change); which op is not traced yet. At 1 thread they are equal."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 CURVE = ("epoch", "train_loss", "eval_accuracy", "eval_loss", "lr_bottom", "lr_top", "status")
 
 
