@@ -24,7 +24,7 @@ from torch import Tensor
 from . import legacy
 from .loss import TakesLoss
 
-__all__ = ["Chain", "Ctx", "StepContext", "Transform", "StepTransform"]
+__all__ = ["Chain", "Ctx", "EndsStep", "StepContext", "Transform", "StepTransform"]
 
 
 @dataclass
@@ -51,7 +51,8 @@ class Ctx:
 
     ``name`` is the transform being applied (set by ``apply``): its buffers are ``states[i]["name.key"]``.
     ``owned`` says whether ``u`` is a fresh buffer a transform may overwrite (never ``p.grad``).
-    ``applied`` is set by a fused transform that has updated the parameters itself (it must be last).
+    ``applied`` is set by a fused transform that updates the parameters itself (it must be last; it may do
+    so in its ``end``, after every group).
     """
 
     params: list[Tensor]
@@ -126,6 +127,16 @@ class StepTransform(Protocol):
     def begin(self, shared: StepContext, state: dict) -> None: ...
 
 
+@runtime_checkable
+class EndsStep(Protocol):
+    """A transform that finishes its work once per step, after every group: the fused DALS step queues
+    each group's tensors while the groups run and updates them all together in ``end``."""
+
+    name: str
+
+    def end(self, shared: StepContext) -> None: ...
+
+
 def _names(transforms: Sequence[Transform]) -> Iterator[str]:
     """Every transform's name, the ones it wraps or fuses (``children()``) included."""
     for t in transforms:
@@ -159,6 +170,7 @@ class Chain(TakesLoss, torch.optim.Optimizer):
         if len(set(names)) != len(names):
             raise ValueError(f"transform names must be unique in a chain (they key its state), got {names}")
         self._begins = [t for t in self.transforms if isinstance(t, StepTransform)]
+        self._ends = [t for t in self.transforms if isinstance(t, EndsStep)]
         self.chain_state: dict[str, dict] = {t.name: {} for t in self._begins}
         for group in self.param_groups:
             group.setdefault("step", 0)
@@ -192,6 +204,8 @@ class Chain(TakesLoss, torch.optim.Optimizer):
             if not ctx.applied:
                 torch._foreach_add_(params, u, alpha=-group["lr"])
             group["step"] += 1
+        for t in self._ends:
+            t.end(shared)
         return loss
 
     def state_dict(self) -> dict:
