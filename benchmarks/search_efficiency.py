@@ -6,7 +6,8 @@ Per dataset, in one run, on the same data and the same fresh seeds:
 - the grid (the paper's protocol): all 18 strategies at their regime defaults, each on `--grid-seeds`
   (3 by default, as the paper); its best is the strategy with the highest mean final test accuracy;
 - the search: `--budget-trials` trials (strategy + its own space, ASHA over epochs, `--search-seeds`
-  seeds each, mean val accuracy), then the top-k re-run on the grid's seeds (the best first, a
+  seeds each, mean val accuracy), then the top-k (strategies at their best settings; `--rerun-per
+  configuration`: points) re-run on the grid's seeds (the best first, a
   runner-up only when its search value is within 2 standard errors of the best's; `--rerun-all`:
   every one of the top-k); its winner's test mean.
 Compute is counted in trial-epochs ((configuration, seed) epochs trained); the search's count
@@ -64,7 +65,7 @@ def run_search_once(args: argparse.Namespace, dataset: str, work: Path):
     data = {"name": "search", "metric": "val_accuracy",
             "tune": {"strategies": ["all"], "datasets": [dataset], "trials": args.budget_trials,
                      "seeds": args.search_seeds, "top_k": args.top_k, "rerun_seeds": args.grid_seeds,
-                     "rerun_overlap": not args.rerun_all,
+                     "rerun_overlap": not args.rerun_all, "rerun_per": args.rerun_per,
                      "concurrency": args.cpus, "sampler": {"type": "tpe", "seed": 0},
                      "pruning": {"type": "asha", "grace_period": 1, "reduction_factor": args.reduction}},
             "defaults": settings(args, dataset), "tracking": {"enabled": False}, "storage": str(work / "runs")}
@@ -86,7 +87,7 @@ def write_table(args: argparse.Namespace, argv: list[str] | None, rows: list[lis
              f"Settings: epochs {args.epochs}, max_train {args.max_train}, max_eval {args.max_eval}, validation 0.1; "
              f"grid: 18 strategies at their defaults x seeds {args.grid_seeds}; search: {args.budget_trials} trials x "
              f"{args.search_seeds} seed(s) (every strategy at its defaults first, then TPE), ASHA grace 1 reduction "
-             f"{args.reduction:g}, top {args.top_k} re-run on the grid's seeds"
+             f"{args.reduction:g}, top {args.top_k} {args.rerun_per}s re-run on the grid's seeds"
              f"{'' if args.rerun_all else ' (the best first, a runner-up only within 2 standard errors of its search value)'}"
              ". Gap = grid best - search winner, "
              "test accuracy, points.", "",
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-seeds", type=int, default=1)
     p.add_argument("--budget-trials", type=int, default=12)
     p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--rerun-per", choices=("strategy", "configuration"), default="strategy",
+                   help="top-k strategies at their best settings (default) or top-k configurations (protocol 2)")
     p.add_argument("--rerun-all", action="store_true", help="re-run every one of the top-k (the first runs' protocol)")
     p.add_argument("--reduction", type=float, default=3.0)
     p.add_argument("--cpus", type=int, default=2)

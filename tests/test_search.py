@@ -105,6 +105,50 @@ def test_recover_study_requeues_a_killed_conditional_trial():
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == whole.params
 
 
+def best_per_strategy(trials) -> list:
+    """The COMPLETE trials, best first, each strategy's best only (ties: the earlier trial)."""
+    from optuna.trial import TrialState
+
+    out, seen = [], set()
+    for t in sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number)):
+        if t.params[STRATEGY] not in seen:
+            seen.add(t.params[STRATEGY])
+            out.append(t)
+    return out
+
+
+def test_top_k_counts_strategies_or_configurations():
+    """`rerun_per: strategy` re-runs each of the k best strategies at its best point; `configuration`
+    the k best points, two of one strategy if so they rank; PRUNED trials and repeated points never."""
+    import optuna
+
+    from sweeps.runner.rerun import top_k
+
+    study = optuna.create_study(direction="maximize")
+    rows = [("adam", 1e-3, 0.90), ("adam", 2e-3, 0.89), ("adam", 1e-3, 0.90), ("sgd", 0.1, 0.85),
+            ("dals", 0.1, 0.95), ("sgd", 0.05, 0.80)]
+    for strategy, lr, value in rows:
+        study.add_trial(optuna.trial.create_trial(
+            params={STRATEGY: strategy, f"{strategy}.lr": lr}, value=value, distributions={
+                STRATEGY: optuna.distributions.CategoricalDistribution(["adam", "sgd", "dals"]),
+                f"{strategy}.lr": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)}))
+    study.add_trial(optuna.trial.create_trial(  # a pruned trial's early value never competes
+        params={STRATEGY: "sgd", "sgd.lr": 0.2}, value=None, state=optuna.trial.TrialState.PRUNED,
+        intermediate_values={0: 0.99}, distributions={
+            STRATEGY: optuna.distributions.CategoricalDistribution(["adam", "sgd", "dals"]),
+            "sgd.lr": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)}))
+    per_strategy = top_k(study, 3, "max", "strategy")
+    assert [(r.number, r.strategy, r.hp) for r in per_strategy] == [
+        (4, "dals", {"lr": 0.1}), (0, "adam", {"lr": 1e-3}), (3, "sgd", {"lr": 0.1})]
+    per_point = top_k(study, 3, "max", "configuration")
+    assert [(r.number, r.strategy) for r in per_point] == [(4, "dals"), (0, "adam"), (1, "adam")]
+    assert top_k(study, 9, "max", "strategy")[-1].strategy == "sgd" and len(top_k(study, 9, "max")) == 3
+    single = parse_search_spec(spec_data(strategies=["adam"], trials=4))
+    assert single.tune.rerun_unit == "configuration"  # one strategy: nothing to choose between
+    assert parse_search_spec(spec_data()).tune.rerun_unit == "strategy"
+    assert parse_search_spec(spec_data(rerun_per="configuration")).tune.rerun_unit == "configuration"
+
+
 def test_verdict_in_closed_form():
     from sweeps.runner.rerun import Rerun, verdict
 
@@ -254,7 +298,7 @@ def _check(spec, out, tmp_path) -> None:
             assert tr.intermediate_values and max(tr.intermediate_values) < epochs
     assert study.best_trial.state == TrialState.COMPLETE  # a pruned trial's early value never wins
     # the re-run: the top-k complete trials, each on the fresh seeds (disjoint from the search's)
-    complete = sorted((tr for tr in study.trials if tr.state == TrialState.COMPLETE), key=lambda tr: -tr.value)
+    complete = best_per_strategy(study.trials)  # the top-k are strategies, each at its best point
     assert {r.number for r in out.reruns} == {tr.number for tr in complete[:t.top_k]}
     assert not set(t.rerun_seeds) & set(range(t.seeds))
     ran = [r for r in out.reruns if r.status != "skipped"]  # the best, and runners-up within its bands
@@ -324,7 +368,7 @@ def test_tune_run_and_search_take_a_search_spec(tmp_path, monkeypatch, capsys):
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "st: search 3 strategies on synthetic (regime scratch); 6 trials" in out
-        assert "    adam: lr float [3e-05, 0.003] log" in out and "top 2 on fresh seeds [100, 101]" in out
+        assert "    adam: lr float [3e-05, 0.003] log" in out and "top 2 strategies (each at its best settings) on fresh seeds [100, 101]" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
@@ -421,7 +465,7 @@ def test_search_killed_mid_study_continues_it_and_reruns_once(tmp_path):
     assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert {split_params(t.params)[0] for t in every if t.number < 3} == {"sgd", "adam", "dals"}  # defaults first
     # the re-run, once: the top-k complete trials, each a finished MLflow child on the fresh seeds
-    complete = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    complete = best_per_strategy(done)
     top = {t.number for t in complete[:spec.tune.top_k]}  # the best re-run, the runner-up if within its bands
     store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}", "sk")
     parent, children = tracking.sweep_runs(store, study.user_attrs[ATTR_SWEEP])

@@ -26,6 +26,9 @@ def _is_spec_file(ref: str) -> bool:
     return ref.endswith((".yaml", ".yml")) or Path(ref).is_file() or (SPECS_DIR / f"{ref}.yaml").is_file()
 
 
+PLURAL = {"strategy": "strategies (each at its best settings)", "configuration": "configurations"}
+
+
 def spec_data(args: argparse.Namespace) -> dict[str, Any]:
     """The search spec the flags describe."""
     tune: dict[str, Any] = {"strategies": args.strategies, "datasets": [args.dataset], "trials": args.budget_trials,
@@ -35,6 +38,8 @@ def spec_data(args: argparse.Namespace) -> dict[str, Any]:
         tune["defaults_first"] = False
     if args.rerun_all:
         tune["rerun_overlap"] = False
+    if args.rerun_per:
+        tune["rerun_per"] = args.rerun_per
     if args.budget_minutes is not None:
         tune["minutes"] = args.budget_minutes
     if args.storage:
@@ -65,7 +70,7 @@ def dry_run(spec: SearchSpec, say=print) -> None:
         f"ASHA over epochs (grace {t.pruning.grace_period}, reduction {t.pruning.reduction_factor:g})"
     first = "every strategy at its defaults first, then TPE" if t.defaults_first else f"{t.sampler.type} from the start"
     rerun = " (the best first, the others only within 2 standard errors of its search value)" if t.rerun_overlap else ""
-    say(f"  {first}; pruning {pruning}; then the top {t.top_k} on fresh seeds {t.rerun_seeds}{rerun} "
+    say(f"  {first}; pruning {pruning}; then the top {t.top_k} {PLURAL[t.rerun_unit]} on fresh seeds {t.rerun_seeds}{rerun} "
         "(test accuracy mean ± std)")
     settings = {k: v for k, v in spec.settings(spec.dataset).model_dump(exclude_none=True).items() if v != {}}
     say(f"  each trial: {', '.join(f'{k} {v}' for k, v in settings.items())}")
@@ -141,6 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds per search trial (0..N-1; default 2)")
     p.add_argument("--rerun-seeds", type=_seeds, default=[100, 101, 102], help="fresh seeds (default 100,101,102)")
     p.add_argument("--top-k", type=int, default=3, help="configurations re-run on the fresh seeds (default 3)")
+    p.add_argument("--rerun-per", choices=("strategy", "configuration"), default=None,
+                   help="the top-k are k strategies at their best settings (default), or the k best "
+                        "configurations (one strategy may fill them)")
     p.add_argument("--rerun-all", action="store_true", help="re-run all the top-k, also runners-up more than "
                    "2 standard errors below the best's search value (default: those are skipped)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")

@@ -1,5 +1,6 @@
-"""The end of `dals search`: the top-k configurations trained again on fresh seeds, the verdict, the
-winner as a preset, the report; and `run_search`, the whole command.
+"""The end of `dals search`: the top-k trained again on fresh seeds (the k best strategies at their
+best settings, or with `tune.rerun_per: configuration` the k best points), the verdict, the winner as
+a preset, the report; and `run_search`, the whole command.
 
 The re-run ranks the top-k by mean validation accuracy on seeds the search never trained on (so the
 test split still chooses nothing) and reports test accuracy mean +- std for each. The verdict says
@@ -65,8 +66,10 @@ class Rerun:
         return statistics.stdev(self.test) if len(self.test) > 1 else 0.0
 
 
-def top_k(ot, k: int, mode: str) -> list[Rerun]:
-    """The k best COMPLETE trials (PRUNED ones never compete), distinct points only."""
+def top_k(ot, k: int, mode: str, per: str = "strategy") -> list[Rerun]:
+    """The k best COMPLETE trials (PRUNED ones never compete), distinct points only; with
+    `per="strategy"` the best point of each of the k best strategies (a runner-up at other settings
+    of the winner's strategy says nothing about which strategy to use)."""
     from optuna.trial import TrialState
 
     trials = sorted(ot.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
@@ -74,11 +77,11 @@ def top_k(ot, k: int, mode: str) -> list[Rerun]:
     out: list[Rerun] = []
     seen: set = set()
     for t in trials:
-        key = tuple(sorted(t.params.items()))
+        strategy, hp = split_params(t.params)
+        key = strategy if per == "strategy" else tuple(sorted(t.params.items()))
         if key in seen:
             continue
         seen.add(key)
-        strategy, hp = split_params(t.params)
         out.append(Rerun(t.number, strategy, hp, float(t.value), dict(t.params)))
         if len(out) == k:
             break
@@ -232,7 +235,7 @@ def run_search(spec: SearchSpec, spec_file: Path, *, address: str | None = None,
     init(spec, spec_file, address, num_cpus)
     phase = run_search_phase(spec, spec_file, fresh=fresh, say=say)
     done = phase.done_before + phase.ran
-    reruns = run_rerun(spec, phase, top_k(phase.ot, spec.tune.top_k, spec.mode))
+    reruns = run_rerun(spec, phase, top_k(phase.ot, spec.tune.top_k, spec.mode, spec.tune.rerun_unit))
     says = verdict(reruns)
     records = trial_records(phase.ot, spec.tune.seeds, max_epochs(spec))
     epochs = {"search": sum(r["trial_epochs"] for r in records if r["state"] in ("COMPLETE", "PRUNED")),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
@@ -61,6 +61,9 @@ class Search(Strict):
     defaults_first: bool = Field(True, description="the first trials are the strategies at their regime "
                                  "defaults (the grid's points), so ASHA's first look covers every strategy")
     top_k: Int = Field(3, ge=1, description="configurations trained again on the fresh seeds")
+    rerun_per: Literal["strategy", "configuration"] = Field(
+        "strategy", description="the top-k are the k best strategies, each at its best settings (the "
+        "verdict then says which strategy); configuration: the k best points, one strategy may fill them")
     rerun_overlap: bool = Field(True, description="re-run the best first, then only the runners-up whose "
                                 "search value is within 2 standard errors of it (false: all top_k)")
     rerun_seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
@@ -94,6 +97,12 @@ class Search(Strict):
         if self.top_k > self.trials:
             raise ValueError(f"top_k: {self.top_k} is more than the {self.trials} trials of the budget")
         return self
+
+    @property
+    def rerun_unit(self) -> str:
+        """What the top-k counts: strategies (`rerun_per: strategy`, when there are several to
+        choose between), else configurations."""
+        return "strategy" if self.rerun_per == "strategy" and len(self.strategies) > 1 else "configuration"
 
     @property
     def strategy(self) -> str:
