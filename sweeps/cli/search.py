@@ -70,8 +70,8 @@ def dry_run(spec: SearchSpec, say=print) -> None:
         f"ASHA over epochs (grace {t.pruning.grace_period}, reduction {t.pruning.reduction_factor:g})"
     first = "every strategy at its defaults first, then TPE" if t.defaults_first else f"{t.sampler.type} from the start"
     rerun = " (the best first, the others only within 2 standard errors of its search value)" if t.rerun_overlap else ""
-    say(f"  {first}; pruning {pruning}; then the top {t.top_k} {PLURAL[t.rerun_unit]} on fresh seeds {t.rerun_seeds}{rerun} "
-        "(test accuracy mean ± std)")
+    say(f"  {first}; pruning {pruning}; then the top {t.top_k} {PLURAL[t.rerun_unit]} on fresh seeds "
+        f"{t.rerun_seeds}{rerun} (test accuracy mean ± std)")
     settings = {k: v for k, v in spec.settings(spec.dataset).model_dump(exclude_none=True).items() if v != {}}
     say(f"  each trial: {', '.join(f'{k} {v}' for k, v in settings.items())}")
     for s in t.strategies:
@@ -145,7 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-minutes", type=float, default=None, help="wall minutes of the search phase")
     p.add_argument("--seeds", type=int, default=2, help="seeds per search trial (0..N-1; default 2)")
     p.add_argument("--rerun-seeds", type=_seeds, default=[100, 101, 102], help="fresh seeds (default 100,101,102)")
-    p.add_argument("--top-k", type=int, default=3, help="configurations re-run on the fresh seeds (default 3)")
+    p.add_argument("--top-k", type=int, default=3,
+                   help="strategies (--rerun-per configuration: configurations) re-run on the fresh seeds (default 3)")
     p.add_argument("--rerun-per", choices=("strategy", "configuration"), default=None,
                    help="the top-k are k strategies at their best settings (default), or the k best "
                         "configurations (one strategy may fill them)")

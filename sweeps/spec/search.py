@@ -60,7 +60,7 @@ class Search(Strict):
     pruning: Asha = Field(default_factory=lambda: Asha(type="asha", grace_period=1, reduction_factor=3))
     defaults_first: bool = Field(True, description="the first trials are the strategies at their regime "
                                  "defaults (the grid's points), so ASHA's first look covers every strategy")
-    top_k: Int = Field(3, ge=1, description="configurations trained again on the fresh seeds")
+    top_k: Int = Field(3, ge=1, description="strategies (or configurations: rerun_per) trained again on fresh seeds")
     rerun_per: Literal["strategy", "configuration"] = Field(
         "strategy", description="the top-k are the k best strategies, each at its best settings (the "
         "verdict then says which strategy); configuration: the k best points, one strategy may fill them")
