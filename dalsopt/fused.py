@@ -168,9 +168,6 @@ class FusedDALS:
         n = len(u)
         first = ctx.params[0]  # a batch per device, dtype and flags: each chunk one graph's inputs
         flags = (first.device, first.dtype, momentum, bool(group.get("trust", True)))
-        queued = ctx.shared.once(self.name, dict)  # flags -> columns, taken by end()
-        if flags not in queued:
-            queued[flags] = tuple([] for _ in range(9))
 
         def flat(tensors: list[Tensor]) -> list[Tensor]:
             return [_flat(x, p) for x, p in zip(tensors, ctx.params)]
@@ -178,6 +175,9 @@ class FusedDALS:
         columns = (flat([p.detach() for p in ctx.params]), flat(u), flat(filters), flat(bufs),
                    _per_tensor(weight, n), _per_tensor(blend, n), [group["weight_decay"]] * n,
                    [group["momentum"]] * n, [group["lr"]] * n)
+        queued = ctx.shared.once(self.name, dict)  # flags -> columns, taken by end()
+        if flags not in queued:
+            queued[flags] = tuple([] for _ in columns)
         for queue, column in zip(queued[flags], columns):
             queue += column
         ctx.applied = True
