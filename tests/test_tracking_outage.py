@@ -26,6 +26,19 @@ from sweeps.tracking import store as tracking
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NOT_RECORDED = re.compile(r"did not record (\d+) metric values, (\d+) params, (\d+) tags, "
                           r"(\d+) run statuses, (\d+) artifact uploads")
+IN_FLIGHT = re.compile(r"\(and (.*) in flight when it went down, perhaps recorded\)")
+KINDS = {"metric values": "metrics", "params": "params", "tags": "tags", "run statuses": "statuses",
+         "artifact uploads": "artifacts"}
+
+
+def in_flight(line: str) -> dict[str, int]:
+    """The write cut off by the outage, by kind (none: zeros): it may or may not have been recorded."""
+    found = IN_FLIGHT.search(line)
+    counts = dict.fromkeys(KINDS.values(), 0)
+    for part in found.group(1).split(", ") if found else []:
+        number, kind = part.split(" ", 1)
+        counts[KINDS[kind]] = int(number)
+    return counts
 
 
 @pytest.fixture
@@ -184,22 +197,24 @@ def test_server_down_at_the_end_is_one_exact_line_and_sync_records_it(server, tm
     lines = [line for line in out.splitlines() if "did not record" in line]
     assert len(lines) == 1 and f"dals sweep sync {spec}" in lines[0], out[-3000:]
     metrics, params, _, statuses, artifacts = map(int, NOT_RECORDED.search(lines[0]).groups())
+    maybe = in_flight(lines[0])  # the batch a kill cut off mid-request: recorded or not, either way
 
     server.start()
     store, parent, children = sweep_runs(server.url, "outage-down")
-    gaps = metric_gaps(store, children, rows)
-    assert metrics == len(gaps) > 0  # the line counted exactly the values MLflow lacks
+    gaps = len(metric_gaps(store, children, rows))
+    assert metrics <= gaps <= metrics + maybe["metrics"] and gaps > 0  # exactly what MLflow lacks
     runs = {c.data.tags[tracking.TAG_KEY]: c for c in children}
     entries = {key: next(iter(r.values()))["config"]["trial"] for key, r in rows.items()}
     wanted = {k: {p.key for p in tracking.run_params(e)} | set(tracking.RUN_FACTS) for k, e in entries.items()}
-    assert params == sum(len(want - set(runs[k].data.params if k in runs else ())) for k, want in wanted.items())
+    lacking = sum(len(want - set(runs[k].data.params if k in runs else ())) for k, want in wanted.items())
+    assert params <= lacking <= params + maybe["params"]
     unended = sum(runs.get(k) is None or runs[k].info.status == "RUNNING" for k in rows)
-    assert statuses == unended + (parent.info.status == "RUNNING") and unended > 0
-    assert artifacts == 1  # the report
+    assert statuses <= unended + (parent.info.status == "RUNNING") <= statuses + maybe["statuses"]
+    assert unended > 0 and artifacts == 1  # the report
 
     capsys.readouterr()
     assert cli.main(["sweep", "sync", str(spec)]) == 0
-    assert f"recorded {metrics} metric values, {params} params" in capsys.readouterr().out
+    assert f"recorded {gaps} metric values, {lacking} params" in capsys.readouterr().out
     store, parent, children = sweep_runs(server.url, "outage-down")
     assert_complete(store, parent, children, rows)
     assert cli.main(["sweep", "sync", str(spec)]) == 0  # idempotent: nothing left to record

@@ -3,6 +3,10 @@
 What cannot be written is queued in order and retried (every `RETRY_EVERY_S` and at the end); what
 is still unwritten when the sweep ends is counted in one line, and `dals sweep sync` records it later
 from Ray's result files, the sweep's ground truth.
+
+The one write in flight when the store went down may have been recorded without its answer coming
+back (MLflow commits a batch's params, metrics and tags one after another), so the line counts it
+apart, as perhaps recorded; the sync records exactly what MLflow lacks.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Outbox:
         self._backlog: deque[_Job] = deque()  # logging thread only; the oldest first
         self._lost = Writes()  # refused for good (not retried): counted, never silently dropped
         self._down_since: float | None = None
+        self._cut: _Job | None = None  # the write in flight when the store went down (maybe recorded)
         self._last_try = 0.0
         self._retry_queued = False
         _LIVE.add(self)
@@ -100,6 +105,7 @@ class Outbox:
                 if transient(exc):
                     if self._down_since is None:
                         self._down_since = time.monotonic()
+                        self._cut = job
                         self._say(f"MLflow at {self.store.shown} is unreachable ({reason(exc)}); "
                                   f"training goes on, its writes wait and are retried every "
                                   f"{RETRY_EVERY_S:.0f} s")
@@ -129,20 +135,23 @@ class Outbox:
         """Whether the store was unreachable at the last try (and no retry is due yet)."""
         return self._down_since is not None and bool(self._backlog) and not self._retry_due()
 
-    def unrecorded(self) -> Writes:
-        """What this sweep could not write so far: the backlog and what was refused."""
+    def unrecorded(self) -> tuple[Writes, Writes]:
+        """What this sweep could not write so far (the backlog and what was refused), and apart
+        from it the write cut off by the outage, which may have been recorded."""
         if not hasattr(self, "_queue"):
-            return Writes()
+            return Writes(), Writes()
         pending = self._queue.submit(lambda: list(self._backlog)).result()
-        total = self._writes(pending)
-        total += self._lost
-        return total
+        cut = pending[:1] if pending and pending[0] is self._cut else []
+        maybe = self._writes(cut)
+        missed = self._writes(pending) - maybe  # in order: the cut write may open the run
+        missed += self._lost
+        return missed, maybe
 
     def abandon(self) -> None:
         """Forget the backlog (once reported): `dals sweep sync` records it from Ray's results."""
         if hasattr(self, "_queue"):
             self._queue.submit(self._backlog.clear).result()
-            self._lost = Writes()
+            self._lost, self._cut = Writes(), None
 
     def _writes(self, jobs: list[_Job]) -> Writes:
         """The MLflow writes `jobs` would make, given what this callback has written so far."""
@@ -261,14 +270,17 @@ def attempt(store: Store, writes: Writes, call: Callable[[], Any]) -> bool:
 def unrecorded_line(store: Store, folder: str, spec_ref: str | Path) -> str | None:
     """One line saying what the sweep could not write to MLflow and how to record it, or None;
     the count is reported once (the callbacks' backlogs are then dropped)."""
-    missed = _MISSED.pop(store, Writes())
+    missed, maybe = _MISSED.pop(store, Writes()), Writes()
     for callback in [c for c in list(_LIVE) if c.store == store]:
-        missed += callback.unrecorded()
+        sure, cut = callback.unrecorded()
+        missed += sure
+        maybe += cut
         callback.abandon()
-    if not missed:
+    if not missed and not maybe:
         return None
-    return (f"dals: MLflow at {store.shown} did not record {missed.describe()}; all of it is in "
-            f"Ray's results under {folder}: once MLflow is reachable, run `dals sweep sync "
+    cut = f" (and {maybe.brief()} in flight when it went down, perhaps recorded)" if maybe else ""
+    return (f"dals: MLflow at {store.shown} did not record {missed.describe()}{cut}; all of it is "
+            f"in Ray's results under {folder}: once MLflow is reachable, run `dals sweep sync "
             f"{spec_ref}` to record it")
 
 

@@ -151,13 +151,23 @@ class Writes:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
+    def __sub__(self, other: "Writes") -> "Writes":
+        return Writes(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
 
     def describe(self) -> str:
-        names = {"metrics": "metric values", "params": "params", "tags": "tags",
-                 "statuses": "run statuses", "artifacts": "artifact uploads"}
-        return ", ".join(f"{getattr(self, k)} {v}" for k, v in names.items())
+        """Every kind, zeros included: the sweep's end line and the sync's line read alike."""
+        return ", ".join(f"{getattr(self, k)} {v}" for k, v in _WRITE_NAMES.items())
+
+    def brief(self) -> str:
+        """The kinds there are, e.g. `11 metric values, 1 tags`."""
+        return ", ".join(f"{getattr(self, k)} {v}" for k, v in _WRITE_NAMES.items() if getattr(self, k))
+
+
+_WRITE_NAMES = {"metrics": "metric values", "params": "params", "tags": "tags",
+                "statuses": "run statuses", "artifacts": "artifact uploads"}
 
 
 @dataclass(frozen=True)
